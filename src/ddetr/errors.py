@@ -1,0 +1,23 @@
+"""User-facing errors: one line a user can act on, printed by the CLI without a traceback."""
+
+from __future__ import annotations
+
+
+class DdetrError(Exception):
+    """Bad input or an unavailable facility. The message is one sentence naming the field and values."""
+
+
+class SpecError(DdetrError, ValueError):
+    """The experiment spec is invalid (unknown key, wrong type, out of range, cross-field rule)."""
+
+
+class DataError(DdetrError, ValueError):
+    """A dataset, image or annotation file cannot be used."""
+
+
+class CheckpointError(DdetrError, ValueError):
+    """A checkpoint or weights file cannot be read or does not fit the model."""
+
+
+class UnavailableError(DdetrError, RuntimeError):
+    """A requested facility (GPU, TensorRT, a package) is not available on this machine."""
