@@ -1,0 +1,223 @@
+"""CPU benchmark: ddetr's DeformableDETR against Hugging Face transformers' DeformableDetrForObjectDetection.
+
+Both run the same random weights (a ResNet-50, 4 feature levels, box refinement, 300 queries, built in
+transformers with ``use_pretrained_backbone=False`` and imported into ddetr through ``import_weights``),
+fp32, ``torch.set_num_threads(2)``. Each framework and phase runs in its own subprocess, so that peak
+resident memory (``ru_maxrss``) is its own.
+
+Measured: inference latency for one 640x640 and one 800x800 image; one training step (forward, matching,
+losses, backward) at batch 2, 512x512; peak RSS of the inference and of the training process.
+Targets (ddetr / HF): inference <= 0.9, train step <= 0.9, peak memory <= 1.0.
+
+Usage: ``python bench/model_cpu.py [--repeats N] [--budget S] [--strict]`` (``--strict``: exit 1 when a target
+is missed). The machine is shared: the load average is printed with the results, read ratios with it in mind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+THREADS = 2
+INFER_SIZES = (640, 800)
+TRAIN_BATCH, TRAIN_SIZE = 2, 512
+NUM_LABELS = 91
+TARGETS = {"infer": 0.9, "train": 0.9, "memory": 1.0}
+
+
+def hf_config():
+    import transformers
+
+    return transformers.DeformableDetrConfig(
+        use_timm_backbone=True,
+        backbone="resnet50",
+        use_pretrained_backbone=False,
+        num_feature_levels=4,
+        with_box_refine=True,
+        two_stage=False,
+        num_queries=300,
+        num_labels=NUM_LABELS,
+        auxiliary_loss=True,  # as the original trains and as ddetr's aux_loss default
+    )
+
+
+def prepare(workdir: Path) -> tuple[Path, Path]:
+    """Random HF weights -> a model folder, and the same weights imported as a ddetr checkpoint."""
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+
+    from ddetr.model.weights import import_weights
+
+    torch.manual_seed(0)
+    model = transformers.DeformableDetrForObjectDetection(hf_config()).eval()
+    folder = workdir / "hf"
+    model.config.save_pretrained(folder)
+    # every tensor written (as Hub checkpoints have them), tied copies included
+    save_file(
+        {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
+        str(folder / "model.safetensors"),
+    )
+    checkpoint = import_weights("hf", folder, workdir / "ddetr.pth")
+    return folder, checkpoint
+
+
+def _targets(generator) -> list[dict]:
+    import torch
+
+    targets = []
+    for _ in range(TRAIN_BATCH):
+        n = 6
+        centers = torch.rand(n, 2, generator=generator) * 0.6 + 0.2
+        sizes = torch.rand(n, 2, generator=generator) * 0.3 + 0.05
+        labels = torch.randint(1, NUM_LABELS, (n,), generator=generator)
+        targets.append({"labels": labels, "boxes": torch.cat([centers, sizes], 1)})
+    return targets
+
+
+def _median_seconds(step, repeats: int, budget_s: float) -> float:
+    """Median time of ``step`` over ``repeats`` runs after one warm-up; stops early once ``budget_s`` is spent."""
+    step()  # warm-up
+    times: list[float] = []
+    while len(times) < repeats and (not times or sum(times) < budget_s):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def worker(framework: str, phase: str, source: Path, repeats: int, budget_s: float) -> dict:
+    """Runs in a subprocess: load one framework's model and time one phase."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    generator = torch.Generator().manual_seed(0)
+    if framework == "ddetr":
+        from ddetr.checkpoint import build_model_from_checkpoint
+        from ddetr.model.criterion import build_criterion
+
+        model, info = build_model_from_checkpoint(source)
+        criterion = build_criterion(info.model, info.num_classes)
+
+        def infer(images):
+            return model(images)
+
+        def train_step(images, targets):
+            outputs = model(images)
+            losses = criterion(outputs, targets)
+            criterion.weighted_total(losses).backward()
+    else:
+        import transformers
+
+        model = transformers.DeformableDetrForObjectDetection.from_pretrained(source)
+
+        def infer(images):
+            return model(pixel_values=images)
+
+        def train_step(images, targets):
+            labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
+            model(pixel_values=images, labels=labels).loss.backward()
+
+    result: dict[str, float] = {}
+    if phase == "infer":
+        model.eval()
+        for size in INFER_SIZES:
+            images = torch.randn(1, 3, size, size, generator=generator)
+            with torch.inference_mode():
+                result[f"infer_{size}"] = _median_seconds(
+                    lambda images=images: infer(images), repeats, budget_s
+                )
+    else:
+        model.train()
+        images = torch.randn(TRAIN_BATCH, 3, TRAIN_SIZE, TRAIN_SIZE, generator=generator)
+        targets = _targets(generator)
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            train_step(images, targets)
+
+        result["train_step"] = _median_seconds(step, repeats, budget_s)
+    result[f"peak_rss_{phase}_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return result
+
+
+def run_worker(framework: str, phase: str, source: Path, repeats: int, budget_s: float) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    command = [sys.executable, __file__, "--worker", framework, "--phase", phase, "--source", str(source)]
+    command += ["--repeats", str(repeats), "--budget", str(budget_s)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{framework} {phase} worker failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report(ddetr: dict, hf: dict) -> list[str]:
+    rows = [(f"inference {s}x{s}, 1 image (s)", f"infer_{s}", "infer") for s in INFER_SIZES]
+    rows.append((f"train step, batch {TRAIN_BATCH} {TRAIN_SIZE}x{TRAIN_SIZE} (s)", "train_step", "train"))
+    rows += [(f"peak RSS, {p} process (MB)", f"peak_rss_{p}_mb", "memory") for p in ("infer", "train")]
+    header = f"{'measure':<36} {'ddetr':>9} {'HF':>9} {'ratio':>7} {'target':>7}  ok"
+    lines = [header, "-" * len(header)]
+    missed = []
+    for label, key, kind in rows:
+        ratio = ddetr[key] / hf[key]
+        ok = ratio <= TARGETS[kind]
+        if not ok:
+            missed.append(label)
+        lines.append(
+            f"{label:<36} {ddetr[key]:>9.3f} {hf[key]:>9.3f} {ratio:>7.2f} {'<=' + str(TARGETS[kind]):>7}  "
+            f"{'yes' if ok else 'NO'}"
+        )
+    return lines + ([f"targets missed: {', '.join(missed)}"] if missed else ["all targets met"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs after one warm-up (median reported)"
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=45.0,
+        help="seconds of timed runs per measurement before stopping early",
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--worker", choices=("ddetr", "hf"), help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=("infer", "train"), help=argparse.SUPPRESS)
+    parser.add_argument("--source", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.phase, args.source, args.repeats, args.budget)))
+        return 0
+
+    start = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="ddetr-bench-") as tmp:
+        folder, checkpoint = prepare(Path(tmp))
+        results = {"ddetr": {}, "hf": {}}
+        for phase in ("infer", "train"):
+            for framework, source in (("hf", folder), ("ddetr", checkpoint)):
+                results[framework] |= run_worker(framework, phase, source, args.repeats, args.budget)
+    print(
+        f"model_cpu: load average before/after {load_before:.1f}/{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+    print(
+        f"model_cpu: ResNet-50, 4 levels, box refine, 300 queries, {NUM_LABELS} classes; fp32, "
+        f"{THREADS} threads, median of up to {args.repeats} runs ({args.budget:.0f} s budget each) after 1 warm-up"
+    )
+    lines = report(results["ddetr"], results["hf"])
+    print("\n".join(lines))
+    print(f"model_cpu: {time.perf_counter() - start:.0f} s")
+    return 1 if args.strict and lines[-1].startswith("targets missed") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

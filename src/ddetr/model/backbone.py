@@ -1,0 +1,228 @@
+"""Backbones: torchvision ResNets (frozen batch norm) and timm feature extractors -> feature maps + masks.
+
+Stage index i (``model.return_interm_indices`` values 0..3) is the i-th of the backbone's four stride
+4/8/16/32 stages (ResNet ``layer{i+1}``). Indices >= 4 are not backbone stages: they are the extra
+stride-2 3x3 conv levels built by the detector's input projection (see :func:`split_levels`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from ddetr.errors import CheckpointError, SpecError
+from ddetr.spec.sections import ModelSection
+
+logger = logging.getLogger(__name__)
+
+NUM_STAGES = 4
+
+RESNETS: dict[str, tuple[str, list[int]]] = {
+    "resnet_18": ("resnet18", [64, 128, 256, 512]),
+    "resnet_34": ("resnet34", [64, 128, 256, 512]),
+    "resnet_50": ("resnet50", [256, 512, 1024, 2048]),
+    "resnet_101": ("resnet101", [256, 512, 1024, 2048]),
+}
+# TAO's GC-ViT names -> timm's. timm has no "large" GC-ViT (TAO's is its own configuration).
+GC_VITS: dict[str, str | None] = {
+    "gc_vit_xxtiny": "gcvit_xxtiny",
+    "gc_vit_xtiny": "gcvit_xtiny",
+    "gc_vit_tiny": "gcvit_tiny",
+    "gc_vit_small": "gcvit_small",
+    "gc_vit_base": "gcvit_base",
+    "gc_vit_large": None,
+}
+TIMM_PREFIX = "timm:"
+VALID_NAMES = [*RESNETS, *GC_VITS, f"{TIMM_PREFIX}<name>"]
+
+
+def split_levels(return_interm_indices: list[int]) -> tuple[list[int], int]:
+    """Backbone stages (values < 4, in order) and the number of extra conv levels (values >= 4)."""
+    stages = [i for i in return_interm_indices if i < NUM_STAGES]
+    return stages, len(return_interm_indices) - len(stages)
+
+
+class Backbone(nn.Module):
+    """A feature extractor returning the requested stages with their padding masks.
+
+    Attributes:
+        body: the network; its parameters are ``body.<torchvision or timm names>``.
+        num_channels: channels of each returned stage.
+        strides: stride (pixels) of each returned stage.
+        name: the spec's backbone name.
+    """
+
+    def __init__(self, body: nn.Module, num_channels: list[int], strides: list[int], name: str) -> None:
+        super().__init__()
+        self.body = body
+        self.num_channels = num_channels
+        self.strides = strides
+        self.name = name
+
+    def forward(self, images: Tensor, mask: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """images (B, 3, H, W), mask (B, H, W) bool True at padding -> [(B, C_l, H_l, W_l), (B, H_l, W_l)] per stage."""
+        features = self.body(images)
+        if isinstance(features, dict):
+            features = list(features.values())
+        out = []
+        for feature in features:
+            level_mask = F.interpolate(mask[None].float(), size=feature.shape[-2:]).to(torch.bool)[0]
+            out.append((feature, level_mask))
+        return out
+
+
+def _resnet(model: ModelSection, stages: list[int]) -> Backbone:
+    tv_name, channels = RESNETS[model.backbone]
+    if model.dilation and model.backbone in ("resnet_18", "resnet_34"):
+        raise SpecError(
+            f"model.dilation: true is not supported by {model.backbone} (basic blocks cannot dilate); "
+            "use resnet_50/resnet_101 or set model.dilation=false."
+        )
+    net = getattr(torchvision.models, tv_name)(
+        weights=None,
+        norm_layer=FrozenBatchNorm2d,
+        replace_stride_with_dilation=[False, False, model.dilation],
+    )
+    # the original trains layer2..4 only: the stem and layer1 stay at their ImageNet values
+    for name, parameter in net.named_parameters():
+        trainable = model.train_backbone and any(f"layer{k}" in name for k in (2, 3, 4))
+        parameter.requires_grad_(trainable)
+    body = IntermediateLayerGetter(net, return_layers={f"layer{i + 1}": str(k) for k, i in enumerate(stages)})
+    strides = [4, 8, 16, 32]
+    if model.dilation:
+        strides[-1] = 16
+    return Backbone(body, [channels[i] for i in stages], [strides[i] for i in stages], model.backbone)
+
+
+def _timm(model: ModelSection, timm_name: str, stages: list[int]) -> Backbone:
+    import timm
+    from timm.layers import freeze_batch_norm_2d
+
+    if not timm.is_model(timm_name):
+        raise SpecError(
+            f"model.backbone: timm has no model named '{timm_name}' (from '{model.backbone}'); "
+            "see timm.list_models() for the valid names."
+        )
+    # the four stride 4/8/16/32 stages are timm's last four feature levels
+    out_indices = tuple(i - NUM_STAGES for i in stages)
+    kwargs = {"output_stride": 16} if model.dilation else {}
+    try:
+        body = timm.create_model(
+            timm_name, pretrained=False, features_only=True, out_indices=out_indices, **kwargs
+        )
+    except (RuntimeError, ValueError, TypeError, AssertionError, IndexError) as err:
+        raise SpecError(
+            f"model.backbone: timm model '{timm_name}' cannot give features at stages {stages} "
+            f"(model.return_interm_indices={model.return_interm_indices}, dilation={model.dilation}): {err}"
+        ) from err
+    body = freeze_batch_norm_2d(body)
+    if not model.train_backbone:
+        for parameter in body.parameters():
+            parameter.requires_grad_(False)
+    return Backbone(
+        body, list(body.feature_info.channels()), list(body.feature_info.reduction()), model.backbone
+    )
+
+
+def build_backbone(model: ModelSection) -> Backbone:
+    """Build the backbone named by ``model.backbone`` for the stages in ``model.return_interm_indices``.
+
+    Loads ``model.pretrained_backbone_path`` when set.
+
+    Raises:
+        SpecError: unknown backbone name, or stages/dilation the backbone cannot provide.
+        CheckpointError: the pretrained backbone file is unreadable or does not fit.
+    """
+    stages, _ = split_levels(model.return_interm_indices)
+    name = model.backbone
+    if name in RESNETS:
+        backbone = _resnet(model, stages)
+    elif name in GC_VITS:
+        timm_name = GC_VITS[name]
+        if timm_name is None:
+            available = ", ".join(k for k, v in GC_VITS.items() if v is not None)
+            raise SpecError(f"model.backbone: '{name}' is not available in timm; use one of {available}.")
+        backbone = _timm(model, timm_name, stages)
+    elif name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX):
+        backbone = _timm(model, name[len(TIMM_PREFIX) :], stages)
+    else:
+        raise SpecError(
+            f"model.backbone: unknown backbone '{name}'; valid names are {', '.join(VALID_NAMES)}."
+        )
+    if model.pretrained_backbone_path:
+        load_backbone_weights(backbone, model.pretrained_backbone_path)
+    return backbone
+
+
+def _normalise_key(key: str) -> str:
+    # timm's feature wrappers flatten "stages.0" into "stages_0": compare names with both spellings unified
+    return key.replace(".", "_")
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError) as err:
+        raise CheckpointError(f"model.pretrained_backbone_path: cannot read '{path}': {err}") from err
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"model.pretrained_backbone_path: '{path}' does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, Tensor)}
+
+
+def load_backbone_weights(backbone: Backbone, path: str | Path) -> None:
+    """Load a backbone-only state dict (torchvision or timm names) into ``backbone.body``.
+
+    Keys absent from the body (classifier ``fc.*``/``head.*``, unused stages) are ignored and counted.
+
+    Raises:
+        CheckpointError: unreadable file, no key in common, or a tensor whose shape does not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model.pretrained_backbone_path: '{path}' is not a file")
+    source = {_normalise_key(k): v for k, v in _read_state_dict(path).items()}
+    own = backbone.body.state_dict()
+    matched: dict[str, Tensor] = {}
+    mismatched: list[str] = []
+    for key, tensor in own.items():
+        candidate = source.get(_normalise_key(key))
+        if candidate is None:
+            continue
+        if candidate.shape != tensor.shape:
+            mismatched.append(f"{key} {tuple(candidate.shape)} vs {tuple(tensor.shape)}")
+        else:
+            matched[key] = candidate
+    if mismatched:
+        shown = "; ".join(mismatched[:5]) + (
+            f"; ... ({len(mismatched)} in all)" if len(mismatched) > 5 else ""
+        )
+        raise CheckpointError(
+            f"model.pretrained_backbone_path: '{path}' does not fit backbone {backbone.name}: "
+            f"shape mismatch (file vs model) for {shown}"
+        )
+    if not matched:
+        raise CheckpointError(
+            f"model.pretrained_backbone_path: '{path}' has no tensor named like backbone {backbone.name}'s "
+            f"parameters (e.g. '{next(iter(own), '')}')"
+        )
+    backbone.body.load_state_dict(matched, strict=False)
+    missing = len(own) - len(matched)
+    unexpected = len(source) - len(matched)
+    logger.info(
+        "loaded %d tensors from %s into backbone %s (%d missing, %d unexpected)",
+        len(matched),
+        path,
+        backbone.name,
+        missing,
+        unexpected,
+    )

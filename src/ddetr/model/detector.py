@@ -1,0 +1,304 @@
+"""DeformableDETR: backbone + input projections + deformable transformer + class/box heads.
+
+Symbols: B batch, Q queries, C classes, d hidden_dim, L feature levels.
+State-dict keys follow the original release (``input_proj.0.0.weight``, ``transformer.level_embed``,
+``class_embed.0.weight``, ``bbox_embed.0.layers.2.bias``...), with ``backbone.body.*`` for the backbone.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddetr.errors import SpecError
+from ddetr.model.backbone import (
+    GC_VITS,
+    RESNETS,
+    TIMM_PREFIX,
+    VALID_NAMES,
+    Backbone,
+    build_backbone,
+    split_levels,
+)
+from ddetr.model.outputs import DetectionOutput, LayerPrediction
+from ddetr.model.position import PositionEmbeddingSine
+from ddetr.model.transformer import DeformableTransformer, inverse_sigmoid
+from ddetr.spec.sections import ModelSection
+
+logger = logging.getLogger(__name__)
+
+GROUP_NORM_GROUPS = 32
+
+
+class MLP(nn.Module):
+    """Feed-forward network: ``num_layers`` linears with ReLU between them (the box head)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim, *dims], [*dims, output_dim]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (..., input_dim) -> (..., output_dim)."""
+        for index, layer in enumerate(self.layers):
+            x = layer(x) if index == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+def validate_model_section(model: ModelSection, num_classes: int) -> None:
+    """Cross-field checks of the architecture, before anything is built.
+
+    Raises:
+        SpecError: one line naming the fields and their values.
+    """
+    indices = list(model.return_interm_indices)
+    if len(indices) != model.num_feature_levels:
+        raise SpecError(
+            f"model.return_interm_indices: has {len(indices)} entries {indices} but model.num_feature_levels="
+            f"{model.num_feature_levels}; they must be equal."
+        )
+    stages, extra = split_levels(indices)
+    if (
+        not stages
+        or min(indices) < 0
+        or stages != sorted(set(stages))
+        or indices != stages + list(range(4, 4 + extra))
+    ):
+        raise SpecError(
+            f"model.return_interm_indices: {indices} is invalid; give increasing backbone stages in 0..3 "
+            "followed by 4, 5, ... for extra stride-2 levels, e.g. [1, 2, 3, 4]."
+        )
+    if num_classes < 1:
+        raise SpecError(f"dataset.num_classes: must be >= 1, got {num_classes}.")
+    if model.num_select >= model.num_queries * num_classes:
+        raise SpecError(
+            f"model.num_select: {model.num_select} must be < model.num_queries * num_classes = "
+            f"{model.num_queries} * {num_classes} = {model.num_queries * num_classes}."
+        )
+    if model.hidden_dim % model.nheads != 0:
+        raise SpecError(
+            f"model.hidden_dim: {model.hidden_dim} must be divisible by model.nheads={model.nheads}."
+        )
+    if model.hidden_dim % GROUP_NORM_GROUPS != 0:
+        raise SpecError(
+            f"model.hidden_dim: {model.hidden_dim} must be a multiple of {GROUP_NORM_GROUPS} "
+            "(the input projections use GroupNorm(32))."
+        )
+    if model.two_stage and not model.with_box_refine:
+        raise SpecError(
+            "model.two_stage: true needs model.with_box_refine: true (as in the original release); "
+            "set model.with_box_refine=true."
+        )
+    name = model.backbone
+    known = (
+        name in RESNETS or name in GC_VITS or (name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX))
+    )
+    if not known:
+        raise SpecError(
+            f"model.backbone: unknown backbone '{name}'; valid names are {', '.join(VALID_NAMES)}."
+        )
+
+
+class DeformableDETR(nn.Module):
+    """Deformable DETR detector (single-scale, multi-scale, box refinement, two-stage).
+
+    Args:
+        backbone: feature extractor returning the backbone levels.
+        transformer: the deformable transformer (its ``two_stage`` decides the variant).
+        num_classes: C, the width of the class logits.
+        num_queries: Q.
+        num_feature_levels: L (backbone levels + extra stride-2 conv levels).
+        aux_loss: return every decoder layer's predictions.
+        with_box_refine: iterative box refinement (independent heads per decoder layer).
+        model_config: the spec section the model was built from (kept as ``self.model_config``).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        transformer: DeformableTransformer,
+        num_classes: int,
+        num_queries: int,
+        num_feature_levels: int,
+        aux_loss: bool = True,
+        with_box_refine: bool = False,
+        model_config: ModelSection | None = None,
+    ) -> None:
+        super().__init__()
+        hidden_dim = transformer.d_model
+        self.two_stage = transformer.two_stage
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.num_feature_levels = num_feature_levels
+        self.aux_loss = aux_loss
+        self.with_box_refine = with_box_refine
+        self.model_config = model_config
+        self.backbone = backbone
+        self.transformer = transformer
+        self.position_embedding = PositionEmbeddingSine(hidden_dim // 2)
+
+        projections = [
+            nn.Sequential(
+                nn.Conv2d(channels, hidden_dim, kernel_size=1), nn.GroupNorm(GROUP_NORM_GROUPS, hidden_dim)
+            )
+            for channels in backbone.num_channels
+        ]
+        in_channels = backbone.num_channels[-1]
+        for _ in range(num_feature_levels - len(backbone.num_channels)):
+            projections.append(
+                nn.Sequential(
+                    nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
+                    nn.GroupNorm(GROUP_NORM_GROUPS, hidden_dim),
+                )
+            )
+            in_channels = hidden_dim
+        self.input_proj = nn.ModuleList(projections)
+        for projection in self.input_proj:
+            nn.init.xavier_uniform_(projection[0].weight, gain=1)
+            nn.init.constant_(projection[0].bias, 0)
+        if not self.two_stage:
+            self.query_embed = nn.Embedding(num_queries, hidden_dim * 2)
+
+        class_embed = nn.Linear(hidden_dim, num_classes)
+        bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        prior_prob = 0.01
+        nn.init.constant_(class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.constant_(bbox_embed.layers[-1].weight, 0)
+        nn.init.constant_(bbox_embed.layers[-1].bias, 0)
+        num_pred = transformer.decoder.num_layers + (1 if self.two_stage else 0)
+        if with_box_refine:
+            self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(num_pred))
+            self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(num_pred))
+            nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
+            self.transformer.decoder.bbox_embed = self.bbox_embed
+        else:
+            nn.init.constant_(bbox_embed.layers[-1].bias[2:], -2.0)
+            # one head shared by every decoder layer (repeated keys in the state dict, as in the original)
+            self.class_embed = nn.ModuleList([class_embed] * num_pred)
+            self.bbox_embed = nn.ModuleList([bbox_embed] * num_pred)
+            self.transformer.decoder.bbox_embed = None
+        if self.two_stage:
+            self.transformer.decoder.class_embed = self.class_embed
+            for head in self.bbox_embed:
+                nn.init.constant_(head.layers[-1].bias[2:], 0.0)
+
+    @classmethod
+    def from_config(cls, model: ModelSection, num_classes: int) -> DeformableDETR:
+        """Build the detector described by the spec's ``model`` section.
+
+        Raises:
+            SpecError: inconsistent architecture fields (checked before any module is built).
+            CheckpointError: ``model.pretrained_backbone_path`` unreadable or not fitting.
+        """
+        validate_model_section(model, num_classes)
+        backbone = build_backbone(model)
+        transformer = DeformableTransformer(
+            d_model=model.hidden_dim,
+            nhead=model.nheads,
+            num_encoder_layers=model.enc_layers,
+            num_decoder_layers=model.dec_layers,
+            dim_feedforward=model.dim_feedforward,
+            dropout=model.dropout_ratio,
+            num_feature_levels=model.num_feature_levels,
+            dec_n_points=model.dec_n_points,
+            enc_n_points=model.enc_n_points,
+            two_stage=model.two_stage,
+            two_stage_num_proposals=model.num_queries,
+        )
+        return cls(
+            backbone,
+            transformer,
+            num_classes=num_classes,
+            num_queries=model.num_queries,
+            num_feature_levels=model.num_feature_levels,
+            aux_loss=model.aux_loss,
+            with_box_refine=model.with_box_refine,
+            model_config=model.model_copy(deep=True),
+        )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> DeformableDETR:
+        """Rebuild the architecture and weights from a ddetr checkpoint alone (class names included).
+
+        Example:
+            >>> model = DeformableDETR.from_checkpoint("results/train/dd_model_latest.pth")  # doctest: +SKIP
+            >>> model.predict("image.jpg")[0].class_names  # doctest: +SKIP
+        """
+        from ddetr.model.predict import load_for_inference
+
+        return load_for_inference(path)
+
+    def predict(
+        self, images: Any, *, conf_threshold: float = 0.5, num_select: int | None = None
+    ) -> list[Any]:
+        """Detect objects in paths, PIL images or RGB arrays; one ``Detections`` per image (boxes xyxy pixels).
+
+        See :func:`ddetr.model.predict.predict`.
+        """
+        from ddetr.model.predict import predict
+
+        return predict(self, images, conf_threshold=conf_threshold, num_select=num_select)
+
+    def forward(self, images: Tensor, mask: Tensor | None = None) -> DetectionOutput:
+        """Detect.
+
+        Args:
+            images: (B, 3, H, W) normalised images, padded to a common size.
+            mask: (B, H, W) bool, True at padding pixels; None means no padding.
+
+        Returns:
+            :class:`DetectionOutput`: logits (B, Q, C) and boxes (B, Q, 4) normalised (cx, cy, w, h)
+            relative to each unpadded image, plus aux/encoder predictions.
+        """
+        if mask is None:
+            mask = torch.zeros(
+                images.shape[0], images.shape[2], images.shape[3], dtype=torch.bool, device=images.device
+            )
+        features = self.backbone(images, mask)
+        srcs: list[Tensor] = []
+        masks: list[Tensor] = []
+        pos_embeds: list[Tensor] = []
+        for level, (feature, level_mask) in enumerate(features):
+            src = self.input_proj[level](feature)
+            srcs.append(src)
+            masks.append(level_mask)
+            pos_embeds.append(self.position_embedding(level_mask).to(src.dtype))
+        for level in range(len(features), self.num_feature_levels):
+            # the first extra level convolves the last backbone map, later ones the previous extra level
+            src = self.input_proj[level](features[-1][0] if level == len(features) else srcs[-1])
+            level_mask = F.interpolate(mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
+            srcs.append(src)
+            masks.append(level_mask)
+            pos_embeds.append(self.position_embedding(level_mask).to(src.dtype))
+
+        query_embed = None if self.two_stage else self.query_embed.weight
+        out = self.transformer(srcs, masks, pos_embeds, query_embed)
+
+        predictions: list[LayerPrediction] = []
+        for level in range(out.hidden_states.shape[0]):
+            reference = out.init_reference if level == 0 else out.inter_references[level - 1]
+            reference = inverse_sigmoid(reference)
+            logits = self.class_embed[level](out.hidden_states[level])  # (B, Q, C)
+            delta = self.bbox_embed[level](out.hidden_states[level])  # (B, Q, 4)
+            if reference.shape[-1] == 4:
+                coord = delta + reference
+            else:
+                coord = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
+            predictions.append(LayerPrediction(logits, coord.sigmoid()))
+
+        enc_outputs = None
+        if out.enc_outputs_class is not None and out.enc_outputs_coord_unact is not None:
+            enc_outputs = LayerPrediction(out.enc_outputs_class, out.enc_outputs_coord_unact.sigmoid())
+        return DetectionOutput(
+            pred_logits=predictions[-1].pred_logits,
+            pred_boxes=predictions[-1].pred_boxes,
+            aux_outputs=predictions[:-1] if self.aux_loss else [],
+            enc_outputs=enc_outputs,
+        )
