@@ -1,0 +1,312 @@
+"""COCO detection dataset: parse, check, map ids, load images robustly.
+
+``category_id`` is the logit index (docs/SPEC.md: ``num_classes`` = largest category id + 1, id 0 unused in
+COCO-style files). Several sources concatenate; image ids are renumbered 1..N over all sources (the mapping
+back to each source's own ids is kept) and :attr:`CocoDetection.coco_gt` is the merged ground truth, in the
+new ids, that :class:`ddetr.eval.coco.CocoEvaluator` scores against.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ddetr.data.sources import resolve_file, resolve_image_dir
+from ddetr.data.transforms import ToModelInput, to_bounding_boxes
+from ddetr.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_MAX_LISTED = 5
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, UnidentifiedImageError)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode an image file to RGB with its EXIF orientation applied.
+
+    L, LA, RGBA, P, CMYK, I;16 and I (16-bit range) images become 8-bit RGB; alpha is dropped.
+
+    Raises:
+        OSError, SyntaxError, ValueError: the file is corrupt, truncated or not an image.
+    """
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB (16/32-bit integer and float images are rescaled to 0..255)."""
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I") or im.mode == "F":
+        arr = np.asarray(im).astype(np.float64)
+        if im.mode == "F":
+            top = 1.0 if arr.max(initial=0.0) <= 1.0 else 255.0
+        else:
+            top = 65535.0 if arr.max(initial=0.0) > 255 else 255.0
+        arr8 = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
+def _fail(json_file: str, what: str) -> DataError:
+    return DataError(f"Annotation file '{json_file}' is not COCO detection json: {what}.")
+
+
+def read_coco_json(json_file: str, local: Path) -> dict[str, Any]:
+    """Load and structurally check a COCO json (``images``, ``annotations``, ``categories``)."""
+    try:
+        with open(local, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _fail(json_file, f"invalid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise _fail(json_file, f"top level is a {type(data).__name__}, expected an object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise _fail(json_file, f"missing list '{key}'")
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
+            raise _fail(json_file, f"images[{i}] has no 'id' or 'file_name'")
+    for i, ann in enumerate(data["annotations"]):
+        missing = [
+            k for k in ("image_id", "bbox", "category_id") if not isinstance(ann, dict) or k not in ann
+        ]
+        if missing:
+            raise _fail(json_file, f"annotations[{i}] has no {', '.join(repr(m) for m in missing)}")
+        if not (isinstance(ann["bbox"], list) and len(ann["bbox"]) == 4):
+            raise _fail(json_file, f"annotations[{i}] bbox is not [x, y, w, h]")
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or "id" not in cat:
+            raise _fail(json_file, f"categories[{i}] has no 'id'")
+    return data
+
+
+def _check_category_ids(json_file: str, data: dict[str, Any], num_classes: int) -> None:
+    ids = [int(c["id"]) for c in data["categories"]] + [int(a["category_id"]) for a in data["annotations"]]
+    if not ids:
+        return
+    if min(ids) < 0:
+        raise DataError(f"Annotation file '{json_file}' has a negative category_id {min(ids)}.")
+    if max(ids) >= num_classes:
+        raise DataError(
+            f"Annotation file '{json_file}' has category_id {max(ids)} but dataset.num_classes is "
+            f"{num_classes}; set dataset.num_classes: {max(ids) + 1} (largest category id + 1)."
+        )
+
+
+def _image_size(rec: dict[str, Any], path: Path) -> tuple[int, int] | None:
+    """(height, width) from the json, else from the file header; None if unreadable."""
+    if rec.get("width") and rec.get("height"):
+        return int(rec["height"]), int(rec["width"])
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap the sides
+                w, h = h, w
+        return h, w
+    except _DECODE_ERRORS:
+        return None
+
+
+class CocoDetection(Dataset):
+    """COCO-format detection dataset over one or more (image_dir, json_file) sources.
+
+    Args:
+        sources: (image_dir, json_file) pairs; each may be local, an archive or a remote URL
+            (see :mod:`ddetr.data.sources`). Sources concatenate in order.
+        num_classes: ``dataset.num_classes`` (largest category id + 1).
+        transforms: ``(PIL image, target) -> (Tensor[3, H, W], target)``, e.g. from
+            :func:`ddetr.data.transforms.build_transforms`; None: no resize, ImageNet normalisation.
+        train: training targets drop iscrowd boxes; validation targets keep them flagged in ``iscrowd``.
+        cache_dir: cache root for archives and remote files.
+
+    Raises:
+        DataError: a file is missing or not COCO json, or a category id does not fit ``num_classes``.
+
+    ``__getitem__`` returns ``(image, target)``: image Tensor[3, H, W] float normalised; target with
+    ``boxes`` Tensor[N, 4] normalised (cx, cy, w, h) of the transformed image, ``labels`` long[N],
+    ``image_id`` int (renumbered, = the id in :attr:`coco_gt`), ``orig_size`` long[2] (h, w),
+    ``size`` long[2] (h, w), ``iscrowd`` long[N], ``area`` Tensor[N].
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[tuple[str, str]],
+        num_classes: int,
+        transforms: Any = None,
+        *,
+        train: bool,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.num_classes = int(num_classes)
+        self.transforms = transforms if transforms is not None else ToModelInput(IMAGENET_MEAN, IMAGENET_STD)
+        self.train = train
+        self.records: list[dict[str, Any]] = []
+        self.id_map: list[dict[int, int]] = []  # per source: its own image id -> renumbered id
+        self._origin: dict[int, tuple[int, int]] = {}  # renumbered id -> (source index, own id)
+        names: dict[int, str] = {}
+        gt_images: list[dict[str, Any]] = []
+        gt_anns: list[dict[str, Any]] = []
+        for index, (image_dir, json_file) in enumerate(sources):
+            data = read_coco_json(str(json_file), resolve_file(str(json_file), cache_dir))
+            _check_category_ids(str(json_file), data, self.num_classes)
+            for cat in data["categories"]:
+                cid, name = int(cat["id"]), str(cat.get("name", ""))
+                if names.get(cid, name) != name:
+                    logger.warning(
+                        "Category %d is '%s' in %s but '%s' in an earlier source; keeping '%s'.",
+                        cid, name, json_file, names[cid], names[cid],
+                    )  # fmt: skip
+                names.setdefault(cid, name)
+            for ann in data["annotations"]:  # used but not declared: still evaluated, unnamed
+                names.setdefault(int(ann["category_id"]), "")
+            folder = resolve_image_dir(str(image_dir), cache_dir)
+            self._add_source(index, str(json_file), folder, data, gt_images, gt_anns)
+        self.class_names = [names.get(i, "") for i in range(self.num_classes)]
+        self.coco_gt: dict[str, Any] = {
+            "images": gt_images,
+            "annotations": gt_anns,
+            "categories": [{"id": i, "name": names[i] or str(i)} for i in sorted(names)],
+        }
+
+    def _add_source(
+        self,
+        index: int,
+        json_file: str,
+        folder: Path,
+        data: dict[str, Any],
+        gt_images: list[dict[str, Any]],
+        gt_anns: list[dict[str, Any]],
+    ) -> None:
+        by_image: dict[int, list[dict[str, Any]]] = {}
+        for ann in data["annotations"]:
+            by_image.setdefault(int(ann["image_id"]), []).append(ann)
+        id_map: dict[int, int] = {}
+        missing: list[str] = []
+        n_boxes = n_dropped = n_clipped = n_crowd = 0
+        for rec in data["images"]:
+            own_id = int(rec["id"])
+            path = folder / str(rec["file_name"])
+            size = _image_size(rec, path) if path.is_file() else None
+            if size is None:
+                missing.append(str(rec["file_name"]))
+                continue
+            h, w = size
+            new_id = len(self.records) + 1
+            id_map[own_id] = new_id
+            self._origin[new_id] = (index, own_id)
+            boxes, labels, crowd = [], [], []
+            for ann in by_image.get(own_id, []):
+                x, y, bw, bh = (float(v) for v in ann["bbox"])
+                if bw <= 0 or bh <= 0:
+                    n_dropped += 1
+                    continue
+                x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + bw, float(w)), min(y + bh, float(h))
+                if (x1, y1, x2, y2) != (x, y, x + bw, y + bh):
+                    n_clipped += 1
+                if x2 <= x1 or y2 <= y1:
+                    n_dropped += 1
+                    continue
+                is_crowd = int(ann.get("iscrowd", 0) or 0)
+                n_crowd += is_crowd
+                n_boxes += 1
+                boxes.append([x1, y1, x2, y2])
+                labels.append(int(ann["category_id"]))
+                crowd.append(is_crowd)
+                gt_anns.append(
+                    {
+                        "id": len(gt_anns) + 1,
+                        "image_id": new_id,
+                        "category_id": int(ann["category_id"]),
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": float(ann["area"]) if ann.get("area") else (x2 - x1) * (y2 - y1),
+                        "iscrowd": is_crowd,
+                    }
+                )
+            gt_images.append({"id": new_id, "file_name": str(rec["file_name"]), "height": h, "width": w})
+            self.records.append(
+                {
+                    "path": path,
+                    "image_id": new_id,
+                    "orig_size": (h, w),
+                    "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                    "labels": torch.tensor(labels, dtype=torch.long),
+                    "iscrowd": torch.tensor(crowd, dtype=torch.long),
+                }
+            )
+        self.id_map.append(id_map)
+        if missing:
+            listed = ", ".join(missing[:_MAX_LISTED]) + (", ..." if len(missing) > _MAX_LISTED else "")
+            logger.warning(
+                "%d image(s) of %s are missing or unreadable in %s and were dropped: %s",
+                len(missing), json_file, folder, listed,
+            )  # fmt: skip
+        logger.info(
+            "%s: %d images, %d boxes (%d crowd); %d degenerate boxes dropped, %d clipped to the image, "
+            "%d missing images dropped.",
+            json_file, len(id_map), n_boxes, n_crowd, n_dropped, n_clipped, len(missing),
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def original_image_id(self, image_id: int) -> tuple[int, int]:
+        """Renumbered image id -> (source index, the image id in that source's json)."""
+        return self._origin[int(image_id)]
+
+    def __getitem__(self, idx: int) -> tuple[Tensor, dict[str, Any]]:
+        for attempt in range(len(self.records)):
+            rec = self.records[(idx + attempt) % len(self.records)]
+            try:
+                image = load_image(rec["path"])
+            except _DECODE_ERRORS as exc:
+                logger.warning("Skipping unreadable image %s: %s", rec["path"], exc)
+                continue
+            return self._sample(rec, image)
+        raise DataError("No image of the dataset can be decoded (every file is corrupt or unreadable).")
+
+    def _sample(self, rec: dict[str, Any], image: Image.Image) -> tuple[Tensor, dict[str, Any]]:
+        h, w = image.height, image.width
+        boxes, labels, crowd = rec["boxes"], rec["labels"], rec["iscrowd"]
+        if (h, w) != rec["orig_size"]:  # json width/height disagrees with the decoded file: rescale
+            oh, ow = rec["orig_size"]
+            boxes = boxes * torch.tensor([w / ow, h / oh, w / ow, h / oh])
+        if self.train:
+            keep = crowd == 0
+            boxes, labels, crowd = boxes[keep], labels[keep], crowd[keep]
+        target = {
+            "boxes": to_bounding_boxes(boxes, h, w),
+            "labels": labels.clone(),
+            "iscrowd": crowd.clone(),
+            "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
+            "image_id": rec["image_id"],
+            "orig_size": torch.tensor(rec["orig_size"], dtype=torch.long),
+        }
+        img, target = self.transforms(image, target)
+        target["size"] = torch.tensor(img.shape[-2:], dtype=torch.long)
+        return img, target
+
+
+def check_min_size(dataset: Any, batch_size: int, num_gpus: int = 1, num_nodes: int = 1) -> None:
+    """Raise DataError when ``len(dataset) < batch_size * num_gpus * num_nodes`` (one full global batch)."""
+    need = int(batch_size) * int(num_gpus) * int(num_nodes)
+    if len(dataset) < need:
+        raise DataError(
+            f"The dataset has {len(dataset)} images, fewer than dataset.batch_size * num_gpus * num_nodes "
+            f"= {batch_size} * {num_gpus} * {num_nodes} = {need}; lower dataset.batch_size or add images."
+        )

@@ -1,0 +1,288 @@
+"""Data sources -> local paths: folders, archives (safe, cached unpacking) and remote URLs.
+
+``image_dir`` in a spec may be a folder, an archive (``.tar``, ``.tar.gz``, ``.tgz``, ``.zip``) or a remote
+URL of either (``s3://bucket/images.tar.gz``, any protocol fsspec knows). ``json_file`` may be local or
+remote. Everything ends as a local path:
+
+- archives are unpacked once into ``<cache>/archives/<key>`` where the key hashes the archive's path, size
+  and modification time, and reused by later runs; unpacking goes to a temporary folder that is renamed
+  into place, so a killed run never leaves a half-unpacked folder under the final name;
+- entries that would land outside the target folder (``../``, absolute paths, links pointing out) are
+  refused with a :class:`~ddetr.errors.DataError` naming the archive and the entry;
+- remote files and folders are copied into ``<cache>/remote/<key>`` (same temporary-then-rename rule).
+
+The cache root is ``$DDETR_CACHE_DIR`` if set, else ``~/.cache/ddetr``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ddetr.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+_IGNORED_TOP_ENTRIES = {"__MACOSX", ".DS_Store"}
+
+
+def default_cache_dir() -> Path:
+    """The cache root: ``$DDETR_CACHE_DIR`` if set, else ``~/.cache/ddetr``."""
+    env = os.environ.get("DDETR_CACHE_DIR", "")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddetr"
+
+
+def is_remote(path: str) -> bool:
+    """True for fsspec URLs other than local files (``s3://...``, ``gs://...``, ``https://...``)."""
+    if "://" not in path:
+        return False
+    return path.split("://", 1)[0].lower() not in ("file", "local")
+
+
+def is_archive(path: str | Path) -> bool:
+    """True when the name ends in one of :data:`ARCHIVE_SUFFIXES` (case-insensitive)."""
+    return str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256("\x00".join(str(p) for p in parts).encode()).hexdigest()[:24]
+
+
+def _publish(final: Path, fill: Callable[[Path], None]) -> Path:
+    """Fill a fresh temporary folder beside ``final`` and rename it into place (atomic on one filesystem).
+
+    A temporary folder left by a killed run has a different name and is never taken for ``final``.
+    """
+    if final.exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        fill(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.exists():  # not a lost race with another process: a real failure
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _local_or_error(path: str, what: str) -> Path:
+    p = Path(path.split("://", 1)[1] if "://" in path else path).expanduser()
+    if not p.exists():
+        raise DataError(f"{what} '{path}' does not exist.")
+    return p
+
+
+def _url_to_fs(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
+    try:
+        import fsspec
+    except ImportError as exc:  # pragma: no cover - fsspec is a hard dependency
+        raise DataError(f"Reading '{url}' needs fsspec: pip install fsspec.") from exc
+    try:
+        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise DataError(
+            f"Cannot open '{url}': {exc} (for s3:// install s3fs: pip install 'ddetr[s3]')."
+        ) from exc
+
+
+def _remote_info(fs: Any, rpath: str, url: str) -> dict[str, Any]:
+    try:
+        return fs.info(rpath)
+    except FileNotFoundError as exc:
+        raise DataError(f"Remote path '{url}' does not exist.") from exc
+    except OSError as exc:
+        raise DataError(f"Cannot read remote path '{url}': {exc}") from exc
+
+
+def _fetch_remote(url: str, cache_dir: Path, storage_options: dict[str, Any] | None) -> Path:
+    """Copy a remote file or folder into the cache once; return the local copy."""
+    fs, rpath = _url_to_fs(url, storage_options)
+    info = _remote_info(fs, rpath, url)
+    name = posixpath.basename(rpath.rstrip("/")) or "data"
+    if info.get("type") == "directory":
+        listing = fs.find(rpath, detail=True)
+        version = sorted(
+            (k, v.get("size"), str(v.get("ETag", v.get("mtime", "")))) for k, v in listing.items()
+        )
+        final = cache_dir / "remote" / _key(url, version)
+
+        def fill(tmp: Path) -> None:
+            fs.get(rpath.rstrip("/") + "/", str(tmp / name) + "/", recursive=True)
+
+        logger.info("Copying remote folder %s to %s", url, final)
+        return _publish(final, fill) / name
+    version = (
+        info.get("size"),
+        str(info.get("ETag", "")),
+        str(info.get("LastModified", info.get("mtime", ""))),
+    )
+    final = cache_dir / "remote" / _key(url, *version)
+
+    def fill_file(tmp: Path) -> None:
+        fs.get_file(rpath, str(tmp / name))
+
+    if not final.exists():
+        logger.info("Copying %s to %s", url, final)
+    return _publish(final, fill_file) / name
+
+
+def resolve_file(
+    path: str, cache_dir: Path | None = None, *, storage_options: dict[str, Any] | None = None
+) -> Path:
+    """A local or remote file -> a local path (remote files are copied into the cache once).
+
+    Args:
+        path: a local path or an fsspec URL (``s3://bucket/train.json``).
+        cache_dir: cache root; default :func:`default_cache_dir`.
+        storage_options: passed to fsspec for remote URLs (e.g. ``{"endpoint_url": ...}``); s3fs also
+            reads the usual AWS environment variables (``AWS_ENDPOINT_URL``, credentials).
+
+    Returns:
+        The local file.
+
+    Raises:
+        DataError: the path does not exist or is a folder.
+    """
+    if not path:
+        raise DataError("A file path is empty.")
+    local = (
+        _fetch_remote(path, Path(cache_dir) if cache_dir else default_cache_dir(), storage_options)
+        if is_remote(path)
+        else _local_or_error(path, "File")
+    )
+    if not local.is_file():
+        raise DataError(f"'{path}' is not a file.")
+    return local
+
+
+def resolve_image_dir(
+    image_dir: str, cache_dir: Path | None = None, *, storage_options: dict[str, Any] | None = None
+) -> Path:
+    """An image folder, archive or remote URL of either -> a local folder.
+
+    Archives are unpacked once into ``<cache>/archives/<hash of path, size, mtime>`` and reused. When the
+    archive holds a single top folder (``images/`` inside ``images.tar.gz``), that folder is returned.
+
+    Args:
+        image_dir: folder, ``.tar``/``.tar.gz``/``.tgz``/``.zip`` file, or an fsspec URL of either.
+        cache_dir: cache root; default :func:`default_cache_dir` (``$DDETR_CACHE_DIR`` overrides).
+        storage_options: passed to fsspec for remote URLs.
+
+    Returns:
+        A local folder holding the images.
+
+    Raises:
+        DataError: missing path, unsupported file, or an unsafe/corrupt archive.
+    """
+    if not image_dir:
+        raise DataError("An image_dir is empty.")
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    local = _fetch_remote(image_dir, cache, storage_options) if is_remote(image_dir) else None
+    if local is None:
+        local = _local_or_error(image_dir, "Image folder")
+    if local.is_dir():
+        return local
+    if not is_archive(local):
+        raise DataError(
+            f"image_dir '{image_dir}' is a file but not an archive ({', '.join(ARCHIVE_SUFFIXES)}) or a folder."
+        )
+    return unpack_archive(local, cache)
+
+
+def unpack_archive(archive: Path, cache_dir: Path | None = None) -> Path:
+    """Unpack ``archive`` once into the cache (safely, atomically) and return its image folder.
+
+    Raises:
+        DataError: an entry would land outside the target, or the archive cannot be read.
+    """
+    archive = Path(archive).resolve()
+    st = archive.stat()
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    final = cache / "archives" / _key(archive, st.st_size, st.st_mtime_ns)
+    if not final.exists():
+        logger.info("Unpacking %s to %s", archive, final)
+        _publish(final, lambda tmp: _extract(archive, tmp))
+    return _single_top_folder(final)
+
+
+def _single_top_folder(root: Path) -> Path:
+    entries = [
+        e for e in root.iterdir() if e.name not in _IGNORED_TOP_ENTRIES and not e.name.startswith("._")
+    ]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return root
+
+
+def _extract(archive: Path, target: Path) -> None:
+    try:
+        if archive.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                _check_zip(zf, archive)
+                zf.extractall(target)
+        else:
+            with tarfile.open(archive, "r:*") as tf:
+                members = tf.getmembers()
+                for m in members:
+                    _check_tar_member(m, archive)
+                tf.extractall(target, members=members, filter="data")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"Archive '{archive}' cannot be read: {exc}") from exc
+
+
+def _outside(name: str) -> bool:
+    """True if the archive-relative POSIX path ``name`` is absolute or climbs out of the target."""
+    name = name.replace("\\", "/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return True
+    norm = posixpath.normpath(name)
+    return norm == ".." or norm.startswith("../")
+
+
+def _check_tar_member(m: tarfile.TarInfo, archive: Path) -> None:
+    def refuse(why: str) -> None:
+        raise DataError(f"Archive '{archive}' entry '{m.name}' {why}; refusing to unpack it.")
+
+    if _outside(m.name):
+        refuse("would be written outside the target folder")
+    if m.issym():
+        if m.linkname.startswith("/") or _outside(posixpath.join(posixpath.dirname(m.name), m.linkname)):
+            refuse(f"is a symbolic link pointing outside the target folder ('{m.linkname}')")
+    elif m.islnk():
+        if _outside(m.linkname):
+            refuse(f"is a hard link pointing outside the target folder ('{m.linkname}')")
+    elif not (m.isfile() or m.isdir()):
+        refuse("is a device, FIFO or other special file")
+
+
+def _check_zip(zf: zipfile.ZipFile, archive: Path) -> None:
+    for info in zf.infolist():
+        if _outside(info.filename):
+            raise DataError(
+                f"Archive '{archive}' entry '{info.filename}' would be written outside the target folder; "
+                "refusing to unpack it."
+            )
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            link = zf.read(info).decode("utf-8", "replace")
+            if link.startswith("/") or _outside(posixpath.join(posixpath.dirname(info.filename), link)):
+                raise DataError(
+                    f"Archive '{archive}' entry '{info.filename}' is a symbolic link pointing outside the "
+                    f"target folder ('{link}'); refusing to unpack it."
+                )

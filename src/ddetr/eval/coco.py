@@ -1,0 +1,214 @@
+"""COCO bbox mAP (pycocotools' COCOeval), the one place train-time validation and ``evaluate`` use.
+
+:func:`evaluate_detections` scores a COCO results file against a ground-truth file.
+:class:`CocoEvaluator` collects per-image predictions during a validation loop and summarises them.
+pycocotools prints to stdout; both stay silent unless ``verbose=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from ddetr.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def _quiet(verbose: bool) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+
+
+def _load_json(path: str | Path, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as exc:
+        raise DataError(f"{what} '{path}' does not exist.") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{what} '{path}' is not valid JSON: {exc}") from exc
+
+
+def _coco_from_dict(gt: Mapping[str, Any], verbose: bool) -> COCO:
+    data = dict(copy.deepcopy(gt))
+    data.setdefault("info", {})
+    data.setdefault("licenses", [])
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"Ground truth is not COCO detection json: missing list '{key}'.")
+    for ann in data["annotations"]:
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann:
+            ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+    coco = COCO()
+    coco.dataset = data
+    with _quiet(verbose):
+        coco.createIndex()
+    return coco
+
+
+def _run_cocoeval(
+    coco_gt: COCO, detections: list[dict[str, Any]], cat_ids: Sequence[int] | None, verbose: bool
+) -> COCOeval | None:
+    """Evaluate, accumulate, summarise; None when there are no detections (every AP/AR is then 0)."""
+    if not detections:
+        return None
+    unknown = {int(d["image_id"]) for d in detections} - set(coco_gt.getImgIds())
+    if unknown:
+        raise DataError(
+            f"{len(unknown)} detection image id(s) are not in the ground truth (e.g. {sorted(unknown)[:5]})."
+        )
+    detections = [dict(d) for d in detections]  # loadRes adds fields in place
+    with _quiet(verbose):
+        coco_dt = coco_gt.loadRes(detections)
+        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        if cat_ids is not None:
+            ev.params.catIds = list(cat_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+def evaluate_detections(
+    gt_json: str | Path | Mapping[str, Any],
+    detections: str | Path | Sequence[Mapping[str, Any]],
+    *,
+    eval_class_ids: Sequence[int] | None = None,
+    verbose: bool = False,
+) -> list[float]:
+    """The 12 COCOeval bbox summary numbers (order :data:`STAT_NAMES`) of COCO-format results.
+
+    Args:
+        gt_json: COCO ground-truth file or dict.
+        detections: COCO results file or list of ``{image_id, category_id, bbox: [x, y, w, h], score}``.
+        eval_class_ids: category ids to score; None = all.
+        verbose: let pycocotools print its tables.
+
+    Returns:
+        12 floats; all 0.0 when there are no detections.
+    """
+    gt = gt_json if isinstance(gt_json, Mapping) else _load_json(gt_json, "Ground-truth file")
+    dets = (
+        detections if not isinstance(detections, (str, Path)) else _load_json(detections, "Detections file")
+    )
+    if not isinstance(dets, list):
+        raise DataError("Detections must be a COCO results list of {image_id, category_id, bbox, score}.")
+    ev = _run_cocoeval(_coco_from_dict(gt, verbose), list(dets), eval_class_ids, verbose)
+    return [0.0] * 12 if ev is None else [float(s) for s in ev.stats]
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+class CocoEvaluator:
+    """Collects predictions image by image and computes COCO bbox mAP against ``coco_gt``.
+
+    Args:
+        coco_gt: ground-truth dict (e.g. :attr:`ddetr.data.coco.CocoDetection.coco_gt`); image ids of the
+            predictions must be its ids.
+        eval_class_ids: category ids scored (``dataset.eval_class_ids``); None = all categories.
+        verbose: let pycocotools print its tables.
+
+    Example:
+        >>> ev = CocoEvaluator({"images": [{"id": 1, "width": 10, "height": 10}], "annotations": [],
+        ...                     "categories": [{"id": 1, "name": "a"}]})
+        >>> ev.summarize()["mAP"]
+        0.0
+    """
+
+    def __init__(
+        self,
+        coco_gt: Mapping[str, Any],
+        eval_class_ids: Sequence[int] | None = None,
+        *,
+        verbose: bool = False,
+    ) -> None:
+        self.verbose = verbose
+        self.eval_class_ids = list(eval_class_ids) if eval_class_ids is not None else None
+        self.coco_gt = _coco_from_dict(coco_gt, verbose)
+        self.detections: list[dict[str, Any]] = []
+
+    def reset(self) -> None:
+        """Forget collected predictions."""
+        self.detections = []
+
+    def add(self, image_id: int, boxes: Any, scores: Any, labels: Any) -> None:
+        """Add one image's predictions.
+
+        Args:
+            image_id: the ground truth's image id.
+            boxes: Tensor[N, 4] (x1, y1, x2, y2) in original-image pixels.
+            scores: Tensor[N] confidences.
+            labels: Tensor[N] category ids (= logit indices).
+        """
+        b = _as_numpy(boxes).reshape(-1, 4)
+        s, lab = _as_numpy(scores).reshape(-1), _as_numpy(labels).reshape(-1)
+        for (x1, y1, x2, y2), score, label in zip(b.tolist(), s.tolist(), lab.tolist()):
+            self.detections.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(label),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(score),
+                }
+            )
+
+    def update(self, image_ids: Iterable[int], results: Iterable[Mapping[str, Any]]) -> None:
+        """Add a batch: one ``{"boxes", "scores", "labels"}`` dict (post-processed, xyxy pixels) per image id."""
+        for image_id, res in zip(image_ids, results):
+            self.add(int(image_id), res["boxes"], res["scores"], res["labels"])
+
+    def extend(self, detections: Iterable[Mapping[str, Any]]) -> None:
+        """Add COCO-results dicts directly (e.g. gathered from other processes)."""
+        self.detections.extend(dict(d) for d in detections)
+
+    def summarize(self) -> dict[str, Any]:
+        """Score everything collected.
+
+        Returns:
+            ``{"mAP", "mAP50", "stats": {name: value for the 12 COCO stats}, "per_class_AP": {category id:
+            AP@[.5:.95] (all areas, 100 detections)} for scored categories with ground truth,
+            "num_detections"}``. With no detections every number is 0.0.
+        """
+        known = set(self.coco_gt.getImgIds())
+        dets = [d for d in self.detections if d["image_id"] in known]
+        if len(dets) < len(self.detections):
+            logger.warning(
+                "%d detections name image ids absent from the ground truth; they are ignored.",
+                len(self.detections) - len(dets),
+            )
+        ev = _run_cocoeval(self.coco_gt, dets, self.eval_class_ids, self.verbose)
+        cat_ids = self.eval_class_ids if self.eval_class_ids is not None else self.coco_gt.getCatIds()
+        with_gt = [c for c in cat_ids if self.coco_gt.getAnnIds(catIds=[c])]
+        stats = [0.0] * 12 if ev is None else [float(s) for s in ev.stats]
+        per_class: dict[int, float] = {c: 0.0 for c in with_gt}
+        if ev is not None:
+            precision = ev.eval["precision"]  # (T iou thresholds, R recalls, K classes, A areas, M max dets)
+            for k, c in enumerate(ev.params.catIds):
+                p = precision[:, :, k, 0, -1]
+                if c in per_class:
+                    per_class[c] = float(p[p > -1].mean()) if (p > -1).any() else 0.0
+        return {
+            "mAP": stats[0],
+            "mAP50": stats[1],
+            "stats": dict(zip(STAT_NAMES, stats)),
+            "per_class_AP": per_class,
+            "num_detections": len(dets),
+        }
