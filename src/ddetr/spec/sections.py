@@ -3,13 +3,25 @@
 Field metadata lives here and only here: ranges (``ge``/``le``/``gt``), whether AutoML searches a field
 (``automl``, with its own search range ``automl_range`` when narrower than the validation range), and
 whether a field is inert (accepted so that TAO spec files load, without effect).
+
+Conventions shared by every section:
+
+- An empty string means "not set" (TAO templates write ``''`` for unset paths).
+- ``???`` (OmegaConf's missing marker) means "required, not given yet"; it is kept as a string and an action
+  that needs the value calls :func:`require`, which raises :class:`~ddetr.errors.SpecError` naming the field.
+- ``null`` for a field whose default is not ``null`` (TAO's ``Optional[str] = None``) means its default.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ddetr.errors import SpecError
+
+MISSING = "???"
 
 
 def spec_field(
@@ -17,12 +29,23 @@ def spec_field(
     *,
     description: str = "",
     automl: bool = False,
-    automl_range: tuple[float, float] | None = None,
+    automl_range: tuple[float, float | None] | None = None,
     condition: str = "",
     inert: bool = False,
     **constraints: Any,
 ) -> Any:
-    """A pydantic ``Field`` carrying ddetr's metadata in ``json_schema_extra``."""
+    """A pydantic ``Field`` carrying ddetr's metadata in ``json_schema_extra``.
+
+    Args:
+        default: The default value. Lists, dicts and sections are deep-copied per instance.
+        description: One line shown in generated templates and schemas.
+        automl: AutoML searches this field by default.
+        automl_range: ``(low, high)`` search range when narrower than the validation range;
+            ``high`` may be ``None`` for an open end.
+        condition: An extra constraint AutoML must respect (e.g. ``"> train_random_crop_min"``).
+        inert: Accepted so that TAO spec files load; has no effect (the loader warns when it is set).
+        **constraints: pydantic constraints (``ge``, ``le``, ``gt``, ``lt``, ...).
+    """
     extra: dict[str, Any] = {}
     if automl:
         extra["automl"] = True
@@ -33,17 +56,46 @@ def spec_field(
     if inert:
         extra["inert"] = True
     kwargs: dict[str, Any] = dict(constraints)
-    if isinstance(default, (list, dict)):
-        kwargs["default_factory"] = lambda d=default: type(d)(d)
+    if isinstance(default, BaseModel):
+        kwargs["default_factory"] = lambda d=default: d.model_copy(deep=True)
+    elif isinstance(default, (list, dict)):
+        kwargs["default_factory"] = lambda d=default: copy.deepcopy(d)
     else:
         kwargs["default"] = default
     return Field(description=description, json_schema_extra=extra or None, **kwargs)
 
 
+def field_meta(section: type[BaseModel], name: str) -> dict[str, Any]:
+    """ddetr metadata of one field (``automl``, ``automl_range``, ``condition``, ``inert``), maybe empty."""
+    extra = section.model_fields[name].json_schema_extra
+    return dict(extra) if isinstance(extra, dict) else {}
+
+
 class Section(BaseModel):
-    """Base of every spec section: unknown keys are errors, assignments are validated."""
+    """Base of every spec section: unknown keys are errors, assignments are validated.
+
+    ``null`` for a field whose default is not ``null`` becomes the default, and ``???`` for a field whose
+    default is not a string becomes the default too (only string fields can carry the marker).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_to_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, value in data.items():
+            info = cls.model_fields.get(name) if isinstance(name, str) else None
+            if info is None:
+                continue
+            default = info.get_default(call_default_factory=True)
+            if value is None and default is not None:
+                out[name] = default
+            elif value == MISSING and not isinstance(default, str) and default is not None:
+                out[name] = default
+        return out
 
 
 class ModelSection(Section):
@@ -53,8 +105,12 @@ class ModelSection(Section):
         "resnet_50",
         description="resnet_18/34/50/101 (torchvision), gc_vit_xxtiny..gc_vit_large (timm), or timm:<name>",
     )
-    pretrained_backbone_path: str = spec_field("", description="backbone-only weights (torchvision or timm state dict)")
-    num_queries: int = spec_field(300, ge=1, automl=True, automl_range=(100, 900), description="object queries")
+    pretrained_backbone_path: str = spec_field(
+        "", description="backbone-only weights (torchvision or timm state dict)"
+    )
+    num_queries: int = spec_field(
+        300, ge=1, automl=True, automl_range=(100, 900), description="object queries"
+    )
     num_feature_levels: int = spec_field(4, ge=1, le=5, description="feature levels fed to the transformer")
     return_interm_indices: list[int] = spec_field(
         [1, 2, 3, 4], description="backbone stages used (0..3); 4 = extra stride-2 3x3 conv on the last stage"
@@ -110,3 +166,395 @@ class ModelSection(Section):
 
 
 BackboneName = Literal["resnet_18", "resnet_34", "resnet_50", "resnet_101"]
+
+
+class WandbSection(Section):
+    """``wandb``: Weights & Biases logging. Inert: accepted so that TAO files load."""
+
+    enable: bool = spec_field(
+        False, inert=True, description="log to Weights & Biases (TAO's default is true)"
+    )
+    project: str = spec_field("TAO Toolkit", inert=True)
+    entity: str = spec_field("", inert=True)
+    tags: list[str] = spec_field(["training", "tao-toolkit"], inert=True)
+    reinit: bool = spec_field(False, inert=True)
+    sync_tensorboard: bool = spec_field(False, inert=True)
+    save_code: bool = spec_field(False, inert=True)
+    name: str = spec_field("TAO Toolkit training experiment", inert=True)
+    run_id: str = spec_field("", inert=True)
+    group: str = spec_field("", inert=True)
+
+
+class DataSource(Section):
+    """One annotated image set: images plus a COCO json file."""
+
+    image_dir: str = spec_field(
+        "", description="folder, archive (.tar/.tar.gz/.tgz/.zip) or URL of the images"
+    )
+    json_file: str = spec_field("", description="COCO annotation file (local or remote)")
+
+
+class InferDataSource(Section):
+    """Images to run inference on, and the class names."""
+
+    image_dir: list[str] | str = spec_field([""], description="one or more image folders, archives or URLs")
+    classmap: str = spec_field(
+        "", description="text file, one class name per line; line i is category id i+1"
+    )
+
+
+class AugmentationSection(Section):
+    """``dataset.augmentation``: train and test image transforms."""
+
+    scales: list[int] = spec_field(
+        [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800],
+        description="random shortest-side resize sizes",
+    )
+    input_mean: list[float] = spec_field([0.485, 0.456, 0.406], description="per-channel RGB mean")
+    input_std: list[float] = spec_field([0.229, 0.224, 0.225], description="per-channel RGB std")
+    train_random_resize: list[int] = spec_field([400, 500, 600], description="resize before the random crop")
+    horizontal_flip_prob: float = spec_field(0.5, ge=0.0, le=1.0, automl=True)
+    train_random_crop_min: int = spec_field(384, ge=1, automl=True, automl_range=(32, None))
+    train_random_crop_max: int = spec_field(
+        600,
+        ge=1,
+        automl=True,
+        automl_range=(32, 1333),
+        condition="> train_random_crop_min",
+        description="must be > train_random_crop_min",
+    )
+    random_resize_max_size: int = spec_field(1333, ge=1, description="longest side cap after resizing")
+    test_random_resize: int = spec_field(800, ge=1, description="shortest side at evaluation and inference")
+    fixed_padding: bool = spec_field(True, description="pad every batch to the largest possible size")
+    fixed_random_crop: int | None = spec_field(None, ge=1, description="square large-scale-jitter crop size")
+
+
+def _wrap_single_source(value: Any) -> Any:
+    return [value] if isinstance(value, dict) else value
+
+
+class DatasetSection(Section):
+    """``dataset``: where the images and annotations are, and how they are loaded."""
+
+    num_classes: int = spec_field(91, ge=1, description="largest category id + 1 (id 0 unused)")
+    eval_class_ids: list[int] | None = spec_field(
+        None, description="category ids COCOeval scores; null = all"
+    )
+    batch_size: int = spec_field(4, ge=1, automl=True, automl_range=(1, None), description="per device")
+    workers: int = spec_field(8, ge=0, description="data loader processes; capped to the machine's cores")
+    pin_memory: bool = spec_field(True)
+    dataset_type: str = spec_field("serialized", inert=True)
+    train_sampler: str = spec_field("default_sampler", inert=True)
+    train_data_sources: list[DataSource] = spec_field([DataSource()], description="concatenated")
+    val_data_sources: list[DataSource] = spec_field([DataSource()], description="concatenated")
+    test_data_sources: DataSource = spec_field(DataSource(), description="evaluate's data")
+    infer_data_sources: InferDataSource = spec_field(InferDataSource(), description="inference's images")
+    quant_calibration_data_sources: DataSource = spec_field(
+        DataSource(), description="quantize's calibration data"
+    )
+    augmentation: AugmentationSection = spec_field(AugmentationSection())
+
+    _wrap = field_validator("train_data_sources", "val_data_sources", mode="before")(_wrap_single_source)
+
+
+class CudnnSection(Section):
+    """``train.cudnn``."""
+
+    benchmark: bool = spec_field(False)
+    deterministic: bool = spec_field(True)
+
+
+class OptimSection(Section):
+    """``train.optim``: optimizer and learning-rate schedule."""
+
+    optimizer: Literal["AdamW", "SGD"] = spec_field("AdamW")
+    monitor_name: Literal["val_loss", "train_loss", "val_mAP", "val_mAP50"] = spec_field(
+        "val_loss", description="metric that selects the best checkpoint"
+    )
+    lr: float = spec_field(2e-4, gt=0.0, automl=True, automl_range=(0.0, 0.01), condition="> 0")
+    lr_backbone: float = spec_field(
+        2e-5,
+        ge=0.0,
+        automl=True,
+        automl_range=(0.0, 0.001),
+        condition="> 0",
+        description="0 freezes the backbone",
+    )
+    lr_linear_proj_mult: float = spec_field(
+        0.1,
+        ge=0.0,
+        automl=True,
+        automl_range=(0.0, 1.0),
+        condition="> 0",
+        description="lr multiplier for reference_points and sampling_offsets",
+    )
+    momentum: float = spec_field(
+        0.9, ge=0.0, le=1.0, automl=True, automl_range=(0.0, 1.0), condition="> 0", description="SGD only"
+    )
+    weight_decay: float = spec_field(1e-4, ge=0.0, automl=True, automl_range=(0.0, 0.1), condition="> 0")
+    lr_scheduler: Literal["MultiStep", "StepLR"] = spec_field("MultiStep")
+    lr_steps: list[int] = spec_field([40], description="MultiStep: epochs at which the lr decays")
+    lr_step_size: int = spec_field(
+        40, ge=1, automl=True, automl_range=(1, 10000), description="StepLR period"
+    )
+    lr_decay: float = spec_field(0.1, gt=0.0, le=1.0, automl=True, automl_range=(0.0, 1.0), condition="> 0")
+
+
+class CheckpointerSection(Section):
+    """``train.checkpointer``: TAO's metric-ranked checkpointing. Inert."""
+
+    enable_topk: bool = spec_field(False, inert=True)
+    replace_periodic: bool = spec_field(False, inert=True)
+    monitor: str = spec_field("", inert=True)
+    mode: str = spec_field("", inert=True)
+    save_top_k: int = spec_field(1, inert=True)
+    filename: str = spec_field("model_best_{epoch:03d}", inert=True)
+    dirpath: str = spec_field("", inert=True)
+    auto_insert_metric_name: bool = spec_field(False, inert=True)
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+class TrainSection(Section):
+    """``train``: the training run."""
+
+    num_gpus: int = spec_field(1, ge=1, description="devices per node")
+    gpu_ids: list[int] = spec_field([0])
+    num_nodes: int = spec_field(1, ge=1)
+    seed: int = spec_field(1234, description="< 0 disables seeding")
+    cudnn: CudnnSection = spec_field(CudnnSection())
+    num_epochs: int = spec_field(10, ge=1)
+    checkpoint_interval: int = spec_field(1, ge=1)
+    checkpoint_interval_unit: Literal["epoch", "step"] = spec_field("epoch")
+    validation_interval: int = spec_field(1, ge=1, description="epochs between validations")
+    resume_training_checkpoint_path: str = spec_field(
+        "", description="empty: resume from <results_dir>/train/dd_model_latest.pth if present"
+    )
+    pretrained_model_path: str = spec_field("", description="full-model initialisation")
+    freeze: list[str] = spec_field([], description="module names to freeze, e.g. [backbone]")
+    clip_grad_norm: float = spec_field(0.1, ge=0.0, description="0 disables clipping")
+    is_dry_run: bool = spec_field(False, description="one batch of train and val, nothing kept")
+    precision: Literal["fp32", "fp16", "bf16"] = spec_field("fp32")
+    distributed_strategy: Literal["ddp", "fsdp"] = spec_field("ddp")
+    activation_checkpoint: bool = spec_field(True)
+    verbose: bool = spec_field(False)
+    results_dir: str = spec_field("", description="empty: <results_dir>/train")
+    optim: OptimSection = spec_field(OptimSection())
+    checkpointer: CheckpointerSection = spec_field(CheckpointerSection(), description="inert (TAO)")
+
+    _precision = field_validator("precision", "distributed_strategy", mode="before")(_lower)
+
+
+class EvaluateSection(Section):
+    """``evaluate``: COCO mAP of a checkpoint, ONNX file or engine on ``dataset.test_data_sources``."""
+
+    checkpoint: str = spec_field("", description="a .pth checkpoint (this or trt_engine)")
+    trt_engine: str = spec_field("", description="a TensorRT engine or an .onnx file")
+    num_gpus: int = spec_field(1, ge=1)
+    gpu_ids: list[int] = spec_field([0])
+    num_nodes: int = spec_field(1, ge=1, inert=True)
+    batch_size: int = spec_field(-1, ge=-1, description="-1: dataset.batch_size")
+    conf_threshold: float = spec_field(0.0, ge=0.0, le=1.0)
+    input_width: int | None = spec_field(None, ge=1, description="both set: fixed resize")
+    input_height: int | None = spec_field(None, ge=1)
+    results_dir: str = spec_field("", description="empty: <results_dir>/evaluate")
+
+
+class InferenceSection(Section):
+    """``inference``: detections drawn and written for ``dataset.infer_data_sources``."""
+
+    checkpoint: str = spec_field("", description="a .pth checkpoint (this or trt_engine)")
+    trt_engine: str = spec_field("", description="a TensorRT engine or an .onnx file")
+    num_gpus: int = spec_field(1, ge=1)
+    gpu_ids: list[int] = spec_field([0])
+    num_nodes: int = spec_field(1, ge=1, inert=True)
+    batch_size: int = spec_field(-1, ge=-1, description="-1: dataset.batch_size")
+    conf_threshold: float = spec_field(0.5, ge=0.0, le=1.0)
+    color_map: dict[str, str] = spec_field({}, description="class name -> colour")
+    is_internal: bool = spec_field(False)
+    input_width: int | None = spec_field(None, ge=1, description="both set: fixed resize")
+    input_height: int | None = spec_field(None, ge=1)
+    outline_width: int = spec_field(3, ge=1, description="box outline in pixels")
+    results_dir: str = spec_field("", description="empty: <results_dir>/inference")
+
+
+class ExportSection(Section):
+    """``export``: a checkpoint to ONNX."""
+
+    checkpoint: str = spec_field("", description="the .pth checkpoint to export")
+    onnx_file: str = spec_field(
+        "", description="output path; empty: <results_dir>/export/<checkpoint stem>.onnx"
+    )
+    opset_version: int = spec_field(17, ge=1)
+    batch_size: int = spec_field(-1, ge=-1, description="-1: dynamic batch axis")
+    input_channel: int = spec_field(3, ge=1, le=3)
+    input_width: int = spec_field(640, ge=32)
+    input_height: int = spec_field(640, ge=32)
+    on_cpu: bool = spec_field(
+        False, description="true: plain ONNX ops only; false: TensorRT attention plugin"
+    )
+    gpu_id: int = spec_field(0, ge=0)
+    verbose: bool = spec_field(False)
+    format: Literal["onnx"] = spec_field("onnx")
+    serialize_nvdsinfer: bool = spec_field(False, description="also write labels.txt and a DeepStream config")
+    results_dir: str = spec_field("", description="empty: <results_dir>/export")
+
+
+class QuantizeSection(Section):
+    """``quantize``: post-training quantization of a checkpoint or ONNX model."""
+
+    model_path: str = spec_field("", description="checkpoint or .onnx to quantize")
+    backend: Literal["torchao", "modelopt.pytorch", "modelopt.onnx", "onnxruntime"] = spec_field("torchao")
+    mode: Literal["weight_only_ptq", "static_ptq"] = spec_field("weight_only_ptq")
+    algorithm: str = spec_field("minmax")
+    layers: list[Any] = spec_field([], description="per-layer settings (TAO layout)")
+    skip_names: list[str] = spec_field([], description="module names left in full precision")
+    backend_kwargs: dict[str, Any] = spec_field({})
+    device: str = spec_field("cuda", pattern=r"^(cpu|cuda(:\d+)?)$", description="cpu | cuda | cuda:N")
+    results_dir: str = spec_field("", description="empty: <results_dir>/quantize")
+
+
+class CalibrationSection(Section):
+    """``gen_trt_engine.tensorrt.calibration``: INT8 calibration."""
+
+    cal_image_dir: list[str] = spec_field([])
+    cal_cache_file: str = spec_field("")
+    cal_batch_size: int = spec_field(1, ge=1)
+    cal_batches: int = spec_field(1, ge=1)
+
+    _wrap = field_validator("cal_image_dir", mode="before")(lambda v: [v] if isinstance(v, str) else v)
+
+
+class TensorRTSection(Section):
+    """``gen_trt_engine.tensorrt``: the engine builder."""
+
+    data_type: Literal["FP32", "FP16", "INT8"] = spec_field("FP32")
+    workspace_size: int = spec_field(1024, ge=0, description="MB")
+    min_batch_size: int = spec_field(1, ge=1)
+    opt_batch_size: int = spec_field(1, ge=1)
+    max_batch_size: int = spec_field(1, ge=1)
+    layers_precision: list[str] = spec_field([], description='"layer_name:fp32" strings')
+    calibration: CalibrationSection = spec_field(CalibrationSection())
+
+    _upper = field_validator("data_type", mode="before")(lambda v: v.upper() if isinstance(v, str) else v)
+
+
+class GenTrtEngineSection(Section):
+    """``gen_trt_engine``: an ONNX file to a TensorRT engine."""
+
+    onnx_file: str = spec_field("")
+    trt_engine: str = spec_field("", description="output path")
+    timing_cache: str = spec_field("")
+    gpu_id: int = spec_field(0, ge=0)
+    batch_size: int = spec_field(-1, ge=-1, description="-1: dynamic")
+    verbose: bool = spec_field(False)
+    results_dir: str = spec_field("", description="empty: <results_dir>/gen_trt_engine")
+    input_channel: int = spec_field(3, inert=True)
+    input_width: int = spec_field(960, inert=True)
+    input_height: int = spec_field(544, inert=True)
+    opset_version: int = spec_field(17, inert=True)
+    tensorrt: TensorRTSection = spec_field(TensorRTSection())
+
+
+class AutomlSection(Section):
+    """``automl`` (+): hyperparameter search over the fields marked ``automl`` in this module."""
+
+    enabled: bool = spec_field(False)
+    algorithm: Literal["bayesian", "hyperband", "asha", "random", "grid"] = spec_field("bayesian")
+    metric: Literal["val_mAP", "val_mAP50"] = spec_field("val_mAP")
+    direction: Literal["maximize", "minimize"] = spec_field("maximize")
+    max_recommendations: int = spec_field(20, ge=1, description="trials")
+    max_epochs: int = spec_field(27, ge=1, description="epochs of the longest trial")
+    reduction_factor: int = spec_field(3, ge=2, description="hyperband/asha")
+    hyperparameters: list[str] = spec_field(
+        [], description="dotted fields to search; empty: the default ones"
+    )
+    range_override: dict[str, Any] = spec_field(
+        {}, description="dotted field -> [low, high] or list of choices"
+    )
+    max_concurrent: int = spec_field(1, ge=1)
+    storage: str = spec_field("", description="optuna storage URL; empty: <results_dir>/automl/study.db")
+    study_name: str = spec_field("")
+    timeout_minutes: float = spec_field(0, ge=0, description="0: no limit")
+
+
+class Spec(Section):
+    """The whole experiment spec: top-level keys and one section per action."""
+
+    model_name: str = spec_field("deformable_detr", inert=True)
+    encryption_key: str = spec_field("", description="encrypts checkpoints and exported models when set")
+    results_dir: str = spec_field(
+        "", description="required; <results_dir>/<action>/ holds each action's outputs"
+    )
+    wandb: WandbSection = spec_field(WandbSection(), description="inert")
+    model: ModelSection = spec_field(ModelSection())
+    dataset: DatasetSection = spec_field(DatasetSection())
+    train: TrainSection = spec_field(TrainSection())
+    evaluate: EvaluateSection = spec_field(EvaluateSection())
+    inference: InferenceSection = spec_field(InferenceSection())
+    export: ExportSection = spec_field(ExportSection())
+    quantize: QuantizeSection = spec_field(QuantizeSection())
+    gen_trt_engine: GenTrtEngineSection = spec_field(GenTrtEngineSection())
+    automl: AutomlSection = spec_field(AutomlSection())
+    automl_policy: Literal["on", "off"] = spec_field("off")
+
+    @field_validator("automl_policy", mode="before")
+    @classmethod
+    def _yaml_bools(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean.
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
+
+    def get(self, dotted: str) -> Any:
+        """The value at a dotted path, e.g. ``spec.get("train.optim.lr")``.
+
+        Raises:
+            SpecError: the path names no field.
+        """
+        node: Any = self
+        for part in dotted.split("."):
+            if not isinstance(node, BaseModel) or part not in type(node).model_fields:
+                raise SpecError(f"{dotted}: no such field in the spec")
+            node = getattr(node, part)
+        return node
+
+
+def is_set(value: Any) -> bool:
+    """True unless ``value`` is empty (``''``, ``None``, ``[]``, ``['']``) or the ``???`` marker."""
+    if value is None or value == MISSING:
+        return False
+    if isinstance(value, str):
+        return value.strip() != ""
+    if isinstance(value, (list, tuple)):
+        return any(is_set(v) for v in value)
+    return True
+
+
+def require(spec: Spec, *fields: str) -> Any:
+    """Return the value of the first given field that is set; raise if none is.
+
+    ``require(spec, "evaluate.checkpoint")`` needs that field; ``require(spec, "evaluate.checkpoint",
+    "evaluate.trt_engine")`` needs either.
+
+    Raises:
+        SpecError: every named field is empty or ``???``.
+    """
+    if not fields:
+        raise ValueError("require() needs at least one field name")
+    for name in fields:
+        value = spec.get(name)
+        if is_set(value):
+            return value
+    if len(fields) == 1:
+        name = fields[0]
+        shown = repr(spec.get(name))
+        raise SpecError(
+            f"{name} is required but not set (got {shown}); set it in the spec or pass {name}=..."
+        )
+    names = " or ".join(fields)
+    raise SpecError(
+        f"one of {names} is required but none is set; set one in the spec or pass {fields[0]}=..."
+    )

@@ -1,0 +1,500 @@
+"""Experiment spec loading: YAML file + dotted ``key=value`` overrides -> a validated :class:`Spec`.
+
+Every problem is reported as a one-line :class:`~ddetr.errors.SpecError` before any work starts: a missing
+file, an unknown key (with the closest valid name), a wrong type, a value out of range (with the allowed
+range), and the cross-field rules of docs/SPEC.md. Inert fields set to non-default values are named in one
+warning line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+import tempfile
+import typing
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ddetr.errors import SpecError
+from ddetr.spec.sections import ModelSection, Spec, field_meta
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "check_rules",
+    "dump_spec",
+    "inert_fields_set",
+    "load_spec",
+    "merge_model_from_checkpoint",
+    "resolve_interpolations",
+]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 and OmegaConf do."""
+
+
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _yaml_load(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{source}: not valid YAML{where}: {problem}") from None
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path | None, overrides: Sequence[str] = ()) -> Spec:
+    """Read, override and validate an experiment spec.
+
+    Args:
+        path: The YAML spec file, or ``None`` for the defaults.
+        overrides: Dotted ``key=value`` strings applied after the file, values parsed as YAML
+            (``train.optim.lr_steps=[30,45]``, ``dataset.train_data_sources=[{image_dir: a, json_file: b}]``).
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        SpecError: one line naming the file, key or field, the value and what is allowed.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            what = "is a directory, not a file" if p.is_dir() else "not found"
+            raise SpecError(f"experiment spec file {str(p)!r} {what}; pass an existing YAML file with -e")
+        loaded = _yaml_load(p.read_text(encoding="utf-8"), str(p))
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise SpecError(f"{p}: the spec must be a YAML mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    for item in overrides:
+        apply_override(data, item)
+    data = resolve_interpolations(data)
+    spec = validate_spec(data)
+    for warning in check_rules(spec):
+        logger.warning(warning)
+    inert = inert_fields_set(spec)
+    if inert:
+        shown = ", ".join(f"{k}={v!r}" for k, v in inert.items())
+        logger.warning(f"inert fields (accepted for TAO compatibility, no effect here): {shown}")
+    return spec
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override to the raw (unvalidated) spec mapping in place.
+
+    Raises:
+        SpecError: no ``=``, an empty key, or a path through a value that is not a section.
+    """
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError(f"override {item!r} is not key=value; write e.g. train.num_epochs=20")
+    value = _yaml_load(raw, f"override {key}") if raw.strip() else ""
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise SpecError(f"override {item!r}: {key!r} is not a dotted field name")
+    node = data
+    section: type[BaseModel] | None = Spec
+    for depth, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: depth + 1])
+        info = section.model_fields.get(part) if section is not None else None
+        section = _unwrap_model(info.annotation) if info is not None else None
+        child = node.get(part)
+        if child is None:
+            child = {}
+            node[part] = child
+        if not isinstance(child, dict) or (info is not None and section is None):
+            raise SpecError(f"override {item!r}: {here} is a value, not a section, so {key} does not exist")
+        node = child
+    node[parts[-1]] = value
+
+
+_INTERP = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+
+
+def _lookup(data: dict[str, Any], dotted: str) -> tuple[bool, Any]:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            break
+        node = node[part]
+    else:
+        return True, node
+    try:
+        return True, Spec().get(dotted)
+    except SpecError:
+        return False, None
+
+
+def resolve_interpolations(data: dict[str, Any]) -> dict[str, Any]:
+    """Resolve OmegaConf-style ``${dotted.key}`` references in string values.
+
+    A value that is exactly ``${key}`` takes the referenced value with its type; otherwise the reference is
+    replaced by its text. References resolve against the spec itself (then the defaults). Top-level keys
+    that are not spec fields but are referenced (variables such as ``data_root``) are removed afterwards.
+
+    Raises:
+        SpecError: a reference names no key, or references loop.
+    """
+    used: set[str] = set()
+
+    def resolve(value: Any, where: str, depth: int = 0) -> Any:
+        if isinstance(value, dict):
+            return {k: resolve(v, f"{where}.{k}" if where else str(k), depth) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, f"{where}[{i}]", depth) for i, v in enumerate(value)]
+        if not isinstance(value, str) or "${" not in value:
+            return value
+        if depth > 10:
+            raise SpecError(f"{where}: ${{...}} references loop ({value!r})")
+
+        def target(name: str) -> Any:
+            found, ref = _lookup(data, name)
+            if not found:
+                raise SpecError(f"{where}: {value!r} refers to {name}, which is not in the spec")
+            used.add(name.split(".")[0])
+            return resolve(ref, where, depth + 1)
+
+        whole = _INTERP.fullmatch(value)
+        if whole:
+            return target(whole.group(1))
+        return _INTERP.sub(lambda m: str(target(m.group(1))), value)
+
+    resolved = resolve(data, "")
+    for name in used:
+        if name not in Spec.model_fields:
+            resolved.pop(name, None)
+    return resolved
+
+
+def validate_spec(data: dict[str, Any]) -> Spec:
+    """Validate a raw spec mapping; pydantic's errors become one-line SpecErrors."""
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        messages = _format_errors(exc.errors(include_url=False))
+        first = messages[0]
+        if len(messages) > 1:
+            first += f" (and {len(messages) - 1} more: " + " | ".join(messages[1:4])
+            first += " | ...)" if len(messages) > 4 else ")"
+        raise SpecError(first) from None
+
+
+# ------------------------------------------------------------------------------------ error formatting
+
+
+def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``annotation`` (``X``, ``list[X]``, ``X | None``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _unwrap_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _resolve(loc: Sequence[Any]) -> tuple[str, type[BaseModel] | None, str | None, type[BaseModel]]:
+    """Turn a pydantic error location into (dotted path, owning model, field name, last model walked).
+
+    Union-member tags (``'list[str]'``) and other non-field parts are dropped; list indices become ``[i]``.
+    """
+    model: type[BaseModel] | None = Spec
+    last_model: type[BaseModel] = Spec
+    owner: type[BaseModel] | None = None
+    field: str | None = None
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+            continue
+        if model is not None and part in model.model_fields:
+            owner, field = model, part
+            path = f"{path}.{part}" if path else part
+            last_model = model
+            model = _unwrap_model(model.model_fields[part].annotation)
+            if model is not None:
+                last_model = model
+        elif model is not None and path and not part.startswith(("list[", "dict[", "function")):
+            # An unknown key inside a section: keep it in the path.
+            path = f"{path}.{part}"
+            owner, field = None, part
+        elif model is Spec and not path:
+            path, owner, field = part, None, part
+    return path or "spec", owner, field, last_model
+
+
+def _constraint_text(owner: type[BaseModel] | None, field: str | None) -> str:
+    """The allowed range of a field as text, e.g. ``between 1 and 5`` or ``>= 1``."""
+    if owner is None or field is None:
+        return ""
+    lo = hi = None
+    lo_op = hi_op = ""
+    for meta in owner.model_fields[field].metadata:
+        for attr, op in (("ge", ">="), ("gt", ">")):
+            if getattr(meta, attr, None) is not None:
+                lo, lo_op = getattr(meta, attr), op
+        for attr, op in (("le", "<="), ("lt", "<")):
+            if getattr(meta, attr, None) is not None:
+                hi, hi_op = getattr(meta, attr), op
+    if lo is not None and hi is not None:
+        if lo_op == ">=" and hi_op == "<=":
+            return f"between {lo} and {hi}"
+        return f"{lo_op} {lo} and {hi_op} {hi}"
+    if lo is not None:
+        return f"{lo_op} {lo}"
+    if hi is not None:
+        return f"{hi_op} {hi}"
+    return ""
+
+
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "a string",
+    "list": "a list",
+    "dict": "a mapping",
+    "model": "a mapping of fields",
+}
+
+
+def _format_errors(errors: list[dict[str, Any]]) -> list[str]:
+    """One message per field: the members of a union (``list[str] | str``) are merged into one."""
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for err in errors:
+        by_path.setdefault(_resolve(err["loc"])[0], []).append(err)
+    messages = []
+    for path, errs in by_path.items():
+        words = [_type_word(e["type"]) for e in errs]
+        if len(errs) > 1 and all(words):
+            value = errs[0].get("input")
+            expected = " or ".join(dict.fromkeys(w for w in words if w))
+            messages.append(
+                f"{path}: expected {expected}, got {_show(value)} ({type(value).__name__}). " + _fix(path)
+            )
+        else:
+            messages.append(_format_error(errs[0]))
+    return messages
+
+
+def _type_word(etype: str) -> str | None:
+    return next((w for k, w in _TYPE_WORDS.items() if etype.startswith(k)), None)
+
+
+def _fix(path: str) -> str:
+    key = path.split("[", 1)[0]
+    return f"Fix it in the spec or pass {key}=<value>."
+
+
+def _show(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    path, owner, field, section_model = _resolve(err["loc"])
+    etype: str = err["type"]
+    value = err.get("input")
+    shown = _show(value)
+    fix = _fix(path)
+    if etype == "extra_forbidden":
+        section = path.rsplit(".", 1)[0] if "." in path else "the top level"
+        key = str(field)
+        valid = list(section_model.model_fields) if "." in path else list(Spec.model_fields)
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(valid)
+        where = f"section {section!r}" if "." in path else "the top level"
+        return f"unknown key {key!r} in {where} ({path}); {hint}"
+    if etype in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        allowed = _constraint_text(owner, field) or err["msg"].lower()
+        return f"{path}: {shown} is out of range, must be {allowed}. {fix}"
+    if etype == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"{path}: {shown} is not allowed, expected one of {expected}. {fix}"
+    if etype == "string_pattern_mismatch":
+        return f"{path}: {shown} has the wrong form ({_describe(owner, field)}). {fix}"
+    word = _type_word(etype)
+    if word is not None:
+        return f"{path}: expected {word}, got {shown} ({type(value).__name__}). {fix}"
+    return f"{path}: {err['msg']} (got {shown}). {fix}"
+
+
+def _describe(owner: type[BaseModel] | None, field: str | None) -> str:
+    if owner is None or field is None:
+        return "see docs/SPEC.md"
+    return owner.model_fields[field].description or "see docs/SPEC.md"
+
+
+# ------------------------------------------------------------------------------------- cross-field rules
+
+
+def check_rules(spec: Spec) -> list[str]:
+    """Apply the cross-field rules of docs/SPEC.md.
+
+    Returns:
+        Warning lines (the caller logs them).
+
+    Raises:
+        SpecError: a rule is broken.
+    """
+    m, d = spec.model, spec.dataset
+    limit = m.num_queries * d.num_classes
+    if m.num_select >= limit:
+        raise SpecError(
+            f"model.num_select: {m.num_select} must be < model.num_queries * dataset.num_classes "
+            f"= {m.num_queries} * {d.num_classes} = {limit}; lower it, e.g. model.num_select={min(300, limit - 1)}"
+        )
+    if len(m.return_interm_indices) != m.num_feature_levels:
+        raise SpecError(
+            f"model.return_interm_indices {m.return_interm_indices} has {len(m.return_interm_indices)} entries "
+            f"but model.num_feature_levels is {m.num_feature_levels}; they must match, e.g. "
+            f"model.num_feature_levels={len(m.return_interm_indices)}"
+        )
+    bad = [i for i in m.return_interm_indices if not 0 <= i <= 4]
+    if bad:
+        raise SpecError(
+            f"model.return_interm_indices {m.return_interm_indices}: indices must be in 0..4 "
+            f"(backbone stages 0..3, 4 = extra conv), got {bad}"
+        )
+    aug = d.augmentation
+    if aug.train_random_crop_max <= aug.train_random_crop_min:
+        raise SpecError(
+            f"dataset.augmentation.train_random_crop_max ({aug.train_random_crop_max}) must be > "
+            f"dataset.augmentation.train_random_crop_min ({aug.train_random_crop_min}); raise the max or lower the min"
+        )
+    if d.eval_class_ids is not None:
+        out = [i for i in d.eval_class_ids if not 0 <= i < d.num_classes]
+        if out:
+            raise SpecError(
+                f"dataset.eval_class_ids {d.eval_class_ids}: ids {out} are outside 0..{d.num_classes - 1} "
+                f"(dataset.num_classes = {d.num_classes})"
+            )
+    warnings: list[str] = []
+    optim, n_epochs = spec.train.optim, spec.train.num_epochs
+    if optim.lr_scheduler == "MultiStep" and optim.lr_steps and all(s >= n_epochs for s in optim.lr_steps):
+        warnings.append(
+            f"train.optim.lr_steps {optim.lr_steps} are all >= train.num_epochs ({n_epochs}): "
+            "the learning rate never decays"
+        )
+    return warnings
+
+
+def inert_fields_set(spec: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Inert fields whose value differs from their default, as ``{dotted path: value}``."""
+    found: dict[str, Any] = {}
+    cls = type(spec)
+    for name, info in cls.model_fields.items():
+        value = getattr(spec, name)
+        path = f"{prefix}{name}"
+        if field_meta(cls, name).get("inert"):
+            default = info.get_default(call_default_factory=True)
+            if value != default:
+                found[path] = value.model_dump() if isinstance(value, BaseModel) else value
+        elif isinstance(value, BaseModel):
+            found.update(inert_fields_set(value, prefix=f"{path}."))
+    return found
+
+
+# -------------------------------------------------------------------------------------- writing, merging
+
+
+def dump_spec(spec: Spec, path: str | Path) -> Path:
+    """Write the resolved spec as YAML atomically (temporary file in the same folder, then rename).
+
+    Returns:
+        The written path.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=110)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def merge_model_from_checkpoint(spec_model: ModelSection, ckpt_model: dict[str, Any]) -> ModelSection:
+    """The checkpoint's architecture with the spec's post-processing and loss fields.
+
+    Architecture fields (``ModelSection.ARCHITECTURE_FIELDS``) come from the checkpoint, which is the truth
+    about the weights; every other field comes from the spec. One warning line names each architecture
+    field where the two differ, with both values.
+
+    Args:
+        spec_model: The ``model`` section of the current spec.
+        ckpt_model: The ``model`` section stored in the checkpoint (a plain dict; unknown keys are ignored).
+
+    Returns:
+        The merged model section.
+
+    Raises:
+        SpecError: the checkpoint's model section has invalid values.
+    """
+    merged = spec_model.model_dump()
+    differing: list[str] = []
+    for name in ModelSection.ARCHITECTURE_FIELDS:
+        if name not in ckpt_model:
+            continue
+        ckpt_value = ckpt_model[name]
+        if isinstance(ckpt_value, tuple):
+            ckpt_value = list(ckpt_value)
+        if ckpt_value != merged[name]:
+            differing.append(f"{name} spec={merged[name]!r} checkpoint={ckpt_value!r}")
+        merged[name] = ckpt_value
+    try:
+        result = ModelSection.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise SpecError(
+            f"checkpoint model section: {where}: {err['msg']} (got {err.get('input')!r})"
+        ) from None
+    if differing:
+        logger.warning(
+            "the checkpoint's architecture differs from the spec's model section; using the checkpoint's: "
+            + "; ".join(differing)
+        )
+    return result
+
+
+def parse_overrides(items: Iterable[str]) -> list[str]:
+    """Validate that every item looks like ``key=value`` (the CLI passes the rest through)."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise SpecError(f"argument {item!r} is not key=value; write e.g. train.num_epochs=20")
+        out.append(item)
+    return out

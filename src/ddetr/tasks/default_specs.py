@@ -1,0 +1,55 @@
+"""``ddetr default_specs``: write a commented spec template for every action into ``results_dir``.
+
+As in TAO, the templates go to ``<results_dir>/<action>.yaml``; the resolved spec and status.json of this
+action go to ``<results_dir>/default_specs/``. Each template loads back to the default spec unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ddetr.spec.schema import ACTION_SECTIONS, template_yaml
+from ddetr.spec.sections import Spec
+from ddetr.tasks.common import prepare_results_dir, status_logger
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_ACTIONS: tuple[str, ...] = tuple(ACTION_SECTIONS)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(spec: Spec) -> dict[str, Any]:
+    """Write ``<results_dir>/{train,evaluate,inference,export,quantize,gen_trt_engine,automl}.yaml``.
+
+    Returns:
+        ``{"specs": [paths written]}``.
+
+    Raises:
+        SpecError: results_dir is not set or not writable.
+    """
+    folder = prepare_results_dir(spec, "default_specs")
+    status = status_logger(folder)
+    status.started("Writing default spec templates.")
+    out_dir = Path(spec.results_dir).expanduser()
+    written = []
+    for action in TEMPLATE_ACTIONS:
+        path = out_dir / f"{action}.yaml"
+        _write_atomic(path, template_yaml(action))
+        written.append(str(path))
+    logger.info(f"wrote {len(written)} spec templates to {out_dir}")
+    status.success(f"Wrote {len(written)} spec templates to {out_dir}.")
+    return {"specs": written}

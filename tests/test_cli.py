@@ -1,0 +1,142 @@
+"""The ddetr command line: exit codes and one-line errors (run as a real subprocess)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ddetr import __version__
+from ddetr.cli import main
+
+DDETR = Path(sys.executable).parent / "ddetr"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """main() configures the root logger; undo it so other tests see pytest's setup."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(DDETR), *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return errors[0]
+
+
+def test_missing_spec_file(tmp_path):
+    line = _one_error_line(_run("train", "-e", str(tmp_path / "nope.yaml")))
+    assert "nope.yaml" in line and "not found" in line
+
+
+def test_unknown_key_suggests_the_closest_name(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("model:\n  num_querys: 100\n")
+    line = _one_error_line(_run("train", "-e", str(spec)))
+    assert "num_querys" in line and "did you mean 'num_queries'" in line
+
+
+def test_wrong_type():
+    line = _one_error_line(_run("evaluate", "train.num_epochs=ten"))
+    assert "train.num_epochs" in line and "expected an integer" in line and "'ten'" in line
+
+
+def test_out_of_range_with_overrides_before_and_after_the_spec(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("train:\n  num_epochs: 2\n")
+    line = _one_error_line(
+        _run("train", "dataset.batch_size=2", "-e", str(spec), "model.num_feature_levels=9")
+    )
+    assert "model.num_feature_levels" in line and "9" in line and "between 1 and 5" in line
+
+
+def test_default_specs_with_results_dir_override_only(tmp_path):
+    proc = _run("default_specs", f"results_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "train.yaml").is_file() and (tmp_path / "automl.yaml").is_file()
+
+
+def test_python_dash_m_and_version():
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddetr", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == f"ddetr {__version__}"
+
+
+def test_unknown_action_is_a_one_line_error():
+    assert "invalid choice" in _one_error_line(_run("fly"))
+
+
+def test_argument_that_is_not_an_override(tmp_path):
+    assert "'--nonsense' is not key=value" in _one_error_line(_run("train", "--nonsense"))
+
+
+# In-process checks of the dispatch (cheap, no subprocess).
+
+
+def test_missing_task_module_is_reported(monkeypatch, capsys, tmp_path):
+    import importlib
+
+    real = importlib.import_module
+
+    def fake(name, *a, **k):
+        if name == "ddetr.tasks.quantize":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+    assert main(["quantize", f"results_dir={tmp_path}"]) == 2
+    assert "error: action quantize is not available yet" in capsys.readouterr().err
+
+
+def test_task_receives_the_validated_spec_and_interrupts_exit_130(monkeypatch, tmp_path):
+    import types
+
+    seen = {}
+
+    def run(spec):
+        seen["spec"] = spec
+        return {"ok": 1}
+
+    monkeypatch.setitem(sys.modules, "ddetr.tasks.export", types.SimpleNamespace(run=run))
+    assert main(["export", "-r", str(tmp_path), "-k", "secret", "export.opset_version=13"]) == 0
+    spec = seen["spec"]
+    assert (
+        spec.results_dir == str(tmp_path)
+        and spec.encryption_key == "secret"
+        and spec.export.opset_version == 13
+    )
+
+    def interrupted(spec):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "ddetr.tasks.export", types.SimpleNamespace(run=interrupted))
+    assert main(["export"]) == 130
+
+
+def test_import_weights_errors_exit_2(tmp_path, capsys):
+    # a real import of a missing file fails with one line and exit code 2, and writes nothing
+    out = tmp_path / "out.pth"
+    assert main(["import_weights", "--source", "original", str(tmp_path / "missing.pth"), str(out)]) == 2
+    assert "missing.pth" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["import_weights", "--source", "tf", "in.pth", str(out)]) == 2
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"]])
+def test_help_exits_zero(argv, capsys):
+    assert main(argv) == 0
+    assert "usage" in capsys.readouterr().out
