@@ -1,0 +1,133 @@
+"""Training callbacks: TAO-named checkpoints with an atomic latest link, and status.json progress."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+logger = logging.getLogger(__name__)
+
+LATEST_NAME = "dd_model_latest"
+CHECKPOINT_FILENAME = "model_epoch_{epoch:03d}_step_{step:05d}"
+
+
+class TaoCheckpoint(ModelCheckpoint):
+    """Saves ``model_epoch_<EEE>_step_<SSSSS>.pth`` every interval and points ``dd_model_latest.pth`` at the newest.
+
+    Args:
+        dirpath: ``<results_dir>/train``.
+        interval: how many epochs or optimizer steps between checkpoints (>= 1).
+        unit: ``"epoch"`` or ``"step"``.
+    """
+
+    CHECKPOINT_NAME_LAST = LATEST_NAME
+    FILE_EXTENSION = ".pth"
+
+    def __init__(self, dirpath: str | Path, interval: int = 1, unit: str = "epoch") -> None:
+        every = {"every_n_epochs": interval} if unit == "epoch" else {"every_n_train_steps": interval}
+        super().__init__(
+            dirpath=str(dirpath),
+            filename=CHECKPOINT_FILENAME,
+            auto_insert_metric_name=False,
+            save_top_k=-1,
+            save_last="link",
+            enable_version_counter=False,
+            save_on_train_epoch_end=True,
+            **every,
+        )
+
+    @staticmethod
+    def _link_checkpoint(trainer: pl.Trainer, filepath: str, linkpath: str) -> None:
+        # replace the link atomically: a reader never sees a missing or dangling latest link
+        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
+            tmp = f"{linkpath}.tmp{os.getpid()}"
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+            os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), tmp)
+            os.replace(tmp, linkpath)
+        trainer.strategy.barrier()
+
+
+def latest_checkpoint(train_dir: str | Path) -> Path | None:
+    """``<train_dir>/dd_model_latest.pth`` if it exists and resolves to a file, else None."""
+    link = Path(train_dir) / f"{LATEST_NAME}{TaoCheckpoint.FILE_EXTENSION}"
+    return link if link.exists() else None
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class StatusCallback(Callback):
+    """Writes training progress to ``status.json`` (JSON Lines; format in docs/SPEC.md) on rank 0."""
+
+    def __init__(self, status: Any) -> None:
+        self.status = status
+        self._epoch_start = time.monotonic()
+        self._epoch_times: list[float] = []
+
+    def _scalar(self, trainer: pl.Trainer, name: str) -> float | None:
+        value = trainer.callback_metrics.get(name)
+        return None if value is None else float(value)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.status.write(
+                status="STARTED",
+                message="Starting training.",
+                epoch=trainer.current_epoch,
+                max_epoch=trainer.max_epochs,
+            )
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        elapsed = time.monotonic() - self._epoch_start
+        self._epoch_times.append(elapsed)
+        remaining = max(0, (trainer.max_epochs or 0) - trainer.current_epoch - 1)
+        kpi = {}
+        loss = self._scalar(trainer, "train_loss")
+        if loss is not None:
+            kpi["train_loss"] = loss
+        self.status.write(
+            status="RUNNING",
+            message=f"Train epoch {trainer.current_epoch} finished.",
+            epoch=trainer.current_epoch,
+            max_epoch=trainer.max_epochs,
+            step=trainer.global_step,
+            max_step=trainer.estimated_stepping_batches,
+            time_per_epoch=_fmt_seconds(elapsed),
+            eta=_fmt_seconds(remaining * sum(self._epoch_times) / len(self._epoch_times)),
+            kpi=kpi,
+        )
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        metrics = getattr(pl_module, "last_val_metrics", {})
+        if not metrics:
+            return
+        self.status.write(
+            status="RUNNING",
+            message=f"Validation after epoch {trainer.current_epoch}.",
+            epoch=trainer.current_epoch,
+            max_epoch=trainer.max_epochs,
+            step=trainer.global_step,
+            kpi=dict(metrics),
+        )
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if trainer.is_global_zero:
+            self.status.write(status="FAILURE", message=f"Training failed: {exception}")

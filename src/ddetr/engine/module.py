@@ -1,0 +1,201 @@
+"""LightningModule around :class:`ddetr.DeformableDETR`: training/validation steps, optimizers, mAP.
+
+The nn.Module stays pure PyTorch; this class only adds steps, logging and optimizers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from ddetr.model.criterion import build_criterion
+from ddetr.model.detector import DeformableDETR
+from ddetr.model.postprocess import postprocess
+
+logger = logging.getLogger(__name__)
+
+#: Metric names shared by the logger, checkpoint monitor, status.json and the AutoML objective.
+VAL_MAP = "val_mAP"
+VAL_MAP50 = "val_mAP50"
+VAL_LOSS = "val_loss"
+TRAIN_LOSS = "train_loss"
+
+# Parameters whose learning rate is lr * lr_linear_proj_mult (the original recipe).
+LINEAR_PROJ_NAMES = ("reference_points", "sampling_offsets")
+
+
+def parameter_groups(
+    model: torch.nn.Module, *, lr: float, lr_backbone: float, lr_linear_proj_mult: float
+) -> list[dict[str, Any]]:
+    """Split trainable parameters into backbone / linear-projection / rest groups with their learning rates."""
+    backbone, linear_proj, rest = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith("backbone."):
+            backbone.append(param)
+        elif any(key in name for key in LINEAR_PROJ_NAMES):
+            linear_proj.append(param)
+        else:
+            rest.append(param)
+    groups = [
+        {"params": rest, "lr": lr, "name": "main"},
+        {"params": backbone, "lr": lr_backbone, "name": "backbone"},
+        {"params": linear_proj, "lr": lr * lr_linear_proj_mult, "name": "linear_proj"},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+class DetectionModule(pl.LightningModule):
+    """Trains and validates a Deformable DETR.
+
+    Args:
+        model: the detector.
+        spec: the validated experiment spec (``ddetr.spec.sections.Spec``); train.optim and model sections are read.
+        class_names: names indexed by category id ('' for unused ids), stored in checkpoints.
+        coco_gt: COCO ground truth dict of the validation set (for mAP), or None to skip mAP.
+        eval_class_ids: category ids COCOeval scores (None = all).
+    """
+
+    def __init__(
+        self,
+        model: DeformableDETR,
+        spec: Any,
+        class_names: list[str] | None = None,
+        coco_gt: dict | None = None,
+        eval_class_ids: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+        self.class_names = list(class_names or [])
+        self.criterion = build_criterion(model.model_config, model.num_classes)
+        self.coco_gt = coco_gt
+        self.eval_class_ids = eval_class_ids
+        self._evaluator = None
+        self._val_losses: list[float] = []
+        self._train_losses: list[float] = []
+        self.last_val_metrics: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------------------------------- steps
+    def forward(self, images: Tensor, mask: Tensor | None = None):
+        return self.model(images, mask)
+
+    def _losses(self, batch) -> tuple[Tensor, dict[str, Tensor], Any]:
+        images, mask, targets = batch
+        outputs = self.model(images, mask)
+        losses = self.criterion(outputs, targets)
+        total = self.criterion.weighted_total(losses)
+        return total, losses, outputs
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        total, losses, _ = self._losses(batch)
+        if not torch.isfinite(total):
+            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise FloatingPointError(f"training loss is {total.item()} at step {self.global_step}: {detail}")
+        batch_size = batch[0].shape[0]
+        self.log("loss", total, prog_bar=True, batch_size=batch_size)
+        self.log(TRAIN_LOSS, total, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else 0.0
+        self.log("lr", lr, prog_bar=True, batch_size=batch_size)
+        return total
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_losses = []
+        self._evaluator = None
+        if self.coco_gt is not None:
+            from ddetr.eval.coco import CocoEvaluator
+
+            self._evaluator = CocoEvaluator(self.coco_gt, eval_class_ids=self.eval_class_ids)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, _, targets = batch
+        total, _, outputs = self._losses(batch)
+        self._val_losses.append(float(total))
+        self.log(VAL_LOSS, total, on_step=False, on_epoch=True, batch_size=images.shape[0], sync_dist=True)
+        if self._evaluator is None:
+            return
+        sizes = torch.stack([t["orig_size"] for t in targets]).to(outputs.pred_boxes.device)
+        dets = postprocess(
+            outputs.pred_logits.float(), outputs.pred_boxes.float(), sizes, self.model.model_config.num_select
+        )
+        for target, det in zip(targets, dets):
+            self._evaluator.add(int(target["image_id"]), det["boxes"], det["scores"], det["labels"])
+
+    def on_validation_epoch_end(self) -> None:
+        metrics: dict[str, float] = {}
+        if self._evaluator is not None:
+            self._gather_predictions()
+            summary = self._evaluator.summarize()
+            metrics = {VAL_MAP: float(summary["mAP"]), VAL_MAP50: float(summary["mAP50"])}
+            self.log(VAL_MAP, metrics[VAL_MAP], prog_bar=True, sync_dist=False, rank_zero_only=True)
+            self.log(VAL_MAP50, metrics[VAL_MAP50], prog_bar=True, sync_dist=False, rank_zero_only=True)
+        if self._val_losses:
+            metrics[VAL_LOSS] = float(sum(self._val_losses) / len(self._val_losses))
+        self.last_val_metrics = metrics
+
+    def _gather_predictions(self) -> None:
+        # under DDP each rank saw a shard of the validation set: rank 0 scores all of them
+        if self.trainer is None or self.trainer.world_size <= 1 or not torch.distributed.is_initialized():
+            return
+        gathered: list[Any] = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(gathered, self._evaluator.detections)
+        self._evaluator.detections = [d for part in gathered for d in part]
+
+    # ------------------------------------------------------------------------------------ optimizers
+    def configure_optimizers(self):
+        optim = self.spec.train.optim
+        groups = parameter_groups(
+            self.model,
+            lr=optim.lr,
+            lr_backbone=optim.lr_backbone,
+            lr_linear_proj_mult=optim.lr_linear_proj_mult,
+        )
+        if optim.optimizer == "SGD":
+            optimizer = torch.optim.SGD(
+                groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+            )
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+        if optim.lr_scheduler == "StepLR":
+            scheduler = torch.optim.lr_scheduler.StepLR(
+                optimizer, step_size=optim.lr_step_size, gamma=optim.lr_decay
+            )
+        else:
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                optimizer, milestones=list(optim.lr_steps), gamma=optim.lr_decay
+            )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """What makes a checkpoint self-describing: architecture, classes and the spec."""
+        return {
+            "model": self.model.model_config.model_dump(mode="json"),
+            "num_classes": int(self.model.num_classes),
+            "class_names": list(self.class_names),
+            "spec": self.spec.model_dump(mode="json") if hasattr(self.spec, "model_dump") else None,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ddetr"] = self.checkpoint_metadata()
+        # the criterion has no learnable state; keep the state dict to the model's own keys
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        own = self.state_dict()
+        for key, value in own.items():  # keep strict loading happy for buffers outside "model."
+            if not key.startswith("model.") and key not in checkpoint["state_dict"]:
+                checkpoint["state_dict"][key] = value
+
+
+def estimated_steps(num_samples: int, batch_size: int, world_size: int) -> int:
+    """Optimizer steps per epoch with drop_last=False."""
+    return max(1, math.ceil(num_samples / max(1, batch_size * world_size)))

@@ -1,0 +1,123 @@
+"""pl.Trainer from the spec: devices, nodes, strategy, precision, callbacks, loggers."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from ddetr.engine.callbacks import StatusCallback, TaoCheckpoint
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich bar, with the learning rate in scientific notation (2.0e-04, not 0.000)."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        if isinstance(items.get("lr"), float):
+            items["lr"] = f"{items['lr']:.1e}"
+        return items
+
+
+class _DropTips(logging.Filter):
+    # Lightning advertises cloud services in the log; that is noise in a training run
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """Where training runs: accelerator, device list, nodes, strategy and Lightning precision."""
+
+    accelerator: str
+    devices: list[int] | int
+    num_nodes: int
+    strategy: str
+    precision: str
+
+    @property
+    def world_size(self) -> int:
+        """Processes in the whole job."""
+        per_node = len(self.devices) if isinstance(self.devices, list) else int(self.devices)
+        return per_node * self.num_nodes
+
+
+def plan_devices(train: Any, cuda_available: bool | None = None) -> DevicePlan:
+    """Choose devices from ``train.num_gpus``/``gpu_ids``/``num_nodes``/``precision``/``distributed_strategy``.
+
+    On a machine without a GPU the job runs on one CPU process, with a notice (never an obscure CUDA error).
+    """
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    precision = PRECISIONS[train.precision]
+    if not cuda:
+        if train.num_gpus > 1 or train.num_nodes > 1:
+            logger.warning(
+                "No GPU found: training on the CPU in one process (train.num_gpus=%d, train.num_nodes=%d ignored).",
+                train.num_gpus,
+                train.num_nodes,
+            )
+        else:
+            logger.info("No GPU found: training on the CPU.")
+        if precision == "16-mixed":
+            logger.warning("train.precision=fp16 needs a GPU; using bf16 autocast on the CPU instead.")
+            precision = "bf16-mixed"
+        return DevicePlan("cpu", 1, 1, "auto", precision)
+    ids = list(train.gpu_ids)[: train.num_gpus] if train.gpu_ids else list(range(train.num_gpus))
+    if len(ids) < train.num_gpus:
+        ids = list(range(train.num_gpus))
+    distributed = len(ids) > 1 or train.num_nodes > 1
+    strategy = train.distributed_strategy if distributed else "auto"
+    return DevicePlan("gpu", ids, train.num_nodes, strategy, precision)
+
+
+def build_trainer(
+    spec: Any, train_dir: Path, status: Any, plan: DevicePlan, *, steps_per_epoch: int
+) -> pl.Trainer:
+    """A Trainer writing checkpoints and TensorBoard logs under ``train_dir`` and progress to ``status``."""
+    train = spec.train
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_DropTips())
+    callbacks: list[pl.Callback] = [
+        TaoCheckpoint(train_dir, train.checkpoint_interval, train.checkpoint_interval_unit),
+        StatusCallback(status),
+    ]
+    callbacks.append(ProgressBar(leave=True))
+    if train.is_dry_run:
+        limit = {"limit_train_batches": 1, "limit_val_batches": 1, "max_epochs": 1}
+    else:
+        limit = {"max_epochs": train.num_epochs}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer = pl.Trainer(
+            accelerator=plan.accelerator,
+            devices=plan.devices,
+            num_nodes=plan.num_nodes,
+            strategy=plan.strategy,
+            precision=plan.precision,
+            default_root_dir=str(train_dir),
+            logger=TensorBoardLogger(str(train_dir), name="tensorboard", version=""),
+            callbacks=callbacks,
+            gradient_clip_val=train.clip_grad_norm if train.clip_grad_norm > 0 else None,
+            gradient_clip_algorithm="norm",
+            check_val_every_n_epoch=train.validation_interval,
+            num_sanity_val_steps=0,
+            log_every_n_steps=max(1, min(50, steps_per_epoch)),
+            deterministic=False,
+            enable_model_summary=False,
+            **limit,
+        )
+    return trainer

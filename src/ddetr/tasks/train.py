@@ -1,0 +1,142 @@
+"""``ddetr train``: fit a Deformable DETR from the spec, with TAO's checkpoint and status conventions."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddetr.errors import CheckpointError, SpecError
+
+logger = logging.getLogger(__name__)
+
+
+def apply_freeze(model: torch.nn.Module, names: list[str]) -> int:
+    """Freeze every parameter under the given module names (``backbone``, ``transformer.encoder``, ...).
+
+    Returns:
+        The number of frozen parameter tensors.
+
+    Raises:
+        SpecError: a name that matches no module.
+    """
+    modules = dict(model.named_modules())
+    frozen = 0
+    for name in names:
+        if name not in modules:
+            top = sorted({n.split(".")[0] for n in modules if n})
+            raise SpecError(
+                f"train.freeze: no module named {name!r} in the model; top-level modules are {top}."
+            )
+        for param in modules[name].parameters():
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+def load_pretrained(model: torch.nn.Module, path: str) -> None:
+    """Initialise from a full-model checkpoint, keeping tensors whose name and shape match; one report line."""
+    from ddetr.checkpoint import load_checkpoint
+
+    info = load_checkpoint(path)
+    own = model.state_dict()
+    matched = {k: v for k, v in info.state_dict.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise CheckpointError(
+            f"train.pretrained_model_path: no tensor of {path} fits this model "
+            f"(checkpoint backbone {info.model.backbone}, spec backbone {model.model_config.backbone})."
+        )
+    model.load_state_dict(matched, strict=False)
+    skipped = len(info.state_dict) - len(matched)
+    missing = len(own) - len(matched)
+    logger.info(
+        "Pretrained weights %s: %d tensors loaded, %d skipped (name or shape differs), %d left at initialisation.",
+        path,
+        len(matched),
+        skipped,
+        missing,
+    )
+
+
+def _summary(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Training summary", show_header=False)
+    for key, value in result.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console(stderr=True).print(table)
+
+
+def run(spec: Any) -> dict[str, Any]:
+    """Train as the spec says; returns the final metrics and the latest checkpoint path."""
+    import lightning.pytorch as pl
+
+    from ddetr.engine.callbacks import latest_checkpoint
+    from ddetr.engine.datamodule import DetectionDataModule
+    from ddetr.engine.module import DetectionModule, estimated_steps
+    from ddetr.engine.trainer import build_trainer, plan_devices
+    from ddetr.model.detector import DeformableDETR
+    from ddetr.status import StatusLogger
+    from ddetr.tasks.common import prepare_results_dir
+
+    train_dir = prepare_results_dir(spec, "train")
+    status = StatusLogger(train_dir / "status.json")
+    try:
+        if spec.train.seed >= 0:
+            pl.seed_everything(spec.train.seed, workers=True, verbose=False)
+        plan = plan_devices(spec.train)
+        data = DetectionDataModule(spec, world_size=plan.world_size)
+        model = DeformableDETR.from_config(spec.model, spec.dataset.num_classes)
+        if spec.train.pretrained_model_path:
+            load_pretrained(model, spec.train.pretrained_model_path)
+        if spec.train.freeze:
+            apply_freeze(model, list(spec.train.freeze))
+        module = DetectionModule(
+            model,
+            spec,
+            class_names=data.class_names,
+            coco_gt=data.val_set.coco_gt if data.val_set is not None else None,
+            eval_class_ids=spec.dataset.eval_class_ids,
+        )
+        ckpt_dir = Path(tempfile.mkdtemp(prefix="ddetr_dry_run_")) if spec.train.is_dry_run else train_dir
+        resume = spec.train.resume_training_checkpoint_path or None
+        if resume is None and not spec.train.is_dry_run:
+            latest = latest_checkpoint(train_dir)
+            resume = str(latest) if latest else None
+        if resume:
+            if not Path(resume).is_file():
+                raise CheckpointError(f"train.resume_training_checkpoint_path: {resume} is not a file.")
+            logger.info("Resuming from %s", resume)
+        steps = estimated_steps(len(data.train_set), spec.dataset.batch_size, plan.world_size)
+        trainer = build_trainer(spec, ckpt_dir, status, plan, steps_per_epoch=steps)
+        start = time.monotonic()
+        with warnings.catch_warnings():
+            # experiment.yaml and status.json live beside the checkpoints by design
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            trainer.fit(module, datamodule=data, ckpt_path=resume)
+        if spec.train.is_dry_run:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        result: dict[str, Any] = {
+            "epochs": trainer.current_epoch,
+            "steps": trainer.global_step,
+            "train_loss": float(trainer.callback_metrics.get("train_loss", float("nan"))),
+            **module.last_val_metrics,
+            "time": f"{time.monotonic() - start:.0f} s",
+        }
+        latest = None if spec.train.is_dry_run else latest_checkpoint(train_dir)
+        if latest is not None:
+            result["checkpoint"] = str(latest.resolve())
+        if trainer.is_global_zero:
+            _summary(result)
+            status.write(status="SUCCESS", message="Training finished.", kpi=dict(module.last_val_metrics))
+        return result
+    except Exception as exc:
+        status.write(status="FAILURE", message=f"{type(exc).__name__}: {exc}")
+        raise
