@@ -184,16 +184,6 @@ class DetectionModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ddetr"] = self.checkpoint_metadata()
-        # the criterion has no learnable state; keep the state dict to the model's own keys
-        checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        own = self.state_dict()
-        for key, value in own.items():  # keep strict loading happy for buffers outside "model."
-            if not key.startswith("model.") and key not in checkpoint["state_dict"]:
-                checkpoint["state_dict"][key] = value
 
 
 def estimated_steps(num_samples: int, batch_size: int, world_size: int) -> int:

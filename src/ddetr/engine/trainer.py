@@ -37,7 +37,6 @@ class _DropTips(logging.Filter):
         return "Tip:" not in record.getMessage()
 
 
-
 @dataclass(frozen=True)
 class DevicePlan:
     """Where training runs: accelerator, device list, nodes, strategy and Lightning precision."""
