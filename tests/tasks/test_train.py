@@ -130,3 +130,19 @@ def test_no_gpu_notice(tiny_spec_args: list[str], caplog: pytest.LogCaptureFixtu
     assert (
         gpu.accelerator == "gpu" and gpu.devices == [0, 1] and gpu.strategy == "ddp" and gpu.world_size == 2
     )
+
+
+def test_automl_policy_on_routes_train_to_the_search(tiny_spec_args: list[str]) -> None:
+    args = [
+        *tiny_spec_args,
+        "automl_policy=on",
+        "automl.max_recommendations=1",
+        "automl.max_epochs=1",
+        "automl.algorithm=random",
+    ]
+    result = train.run(load_spec(None, args))
+    automl_dir = _train_dir(args).parent / "automl"
+    assert (automl_dir / "leaderboard.csv").is_file() and (automl_dir / "best_spec.yaml").is_file()
+    assert (automl_dir / "trial_000" / "train" / "dd_model_latest.pth").exists()
+    assert not (_train_dir(args) / "dd_model_latest.pth").exists()  # no plain training happened
+    assert "best_trial" in result

@@ -84,8 +84,12 @@ def run(spec: Any) -> dict[str, Any]:
     from ddetr.engine.trainer import build_trainer, plan_devices
     from ddetr.model.detector import DeformableDETR
     from ddetr.status import StatusLogger
+    from ddetr.tasks.automl import maybe_route
     from ddetr.tasks.common import prepare_results_dir
 
+    routed = maybe_route(spec)  # automl_policy=on (or automl.enabled=true): hyperparameter search instead
+    if routed is not None:
+        return routed
     train_dir = prepare_results_dir(spec, "train")
     status = StatusLogger(train_dir / "status.json")
     try:

@@ -1,0 +1,224 @@
+"""The search loop with a stand-in trainer (fast): pruning, results, resume, shared storage, grid, bad input."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from ddetr.automl.search import run_search
+from ddetr.automl.storage import effective_trials
+from ddetr.cli import main as cli_main
+from ddetr.errors import SpecError
+from ddetr.spec.load import load_spec
+from ddetr.status import read_status
+from ddetr.tasks.automl import maybe_route, wants_search
+
+HERE = Path(__file__).parent
+FAKE = [sys.executable, str(HERE / "fake_train.py")]
+LR_SEARCH = [
+    "automl.hyperparameters=[train.optim.lr]",
+    "automl.range_override={train.optim.lr: {min: 1e-8, max: 1e-2, log: true}}",
+]
+
+
+def _study(results: Path, name: str = "ddetr-automl") -> optuna.Study:
+    url = f"sqlite:///{results / 'automl' / 'study.db'}"
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def _started_count(trial_dir: Path) -> int:
+    return sum(e["status"] == "STARTED" for e in read_status(trial_dir / "train" / "status.json"))
+
+
+def _precreate(results: Path, lrs: list[float]) -> None:
+    (results / "automl").mkdir(parents=True)
+    study = optuna.create_study(
+        study_name="ddetr-automl",
+        storage=f"sqlite:///{results / 'automl' / 'study.db'}",
+        direction="maximize",
+    )
+    for lr in lrs:
+        study.enqueue_trial({"train.optim.lr": lr})
+
+
+def test_hyperband_prunes_and_writes_results(tiny_spec_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.6")  # slow enough to be pruned before the second epoch
+    spec = load_spec(tiny_spec_file, ["automl.algorithm=hyperband", *LR_SEARCH])
+    results = Path(spec.results_dir)
+    # first trial always goes on; the second is better (goes on); the last two are worse at epoch 1 (pruned)
+    _precreate(results, [1e-7, 3e-4, 1e-6, 1e-5])
+    out = run_search(spec, results / "automl", train_command=FAKE, poll_interval=0.05)
+    study = _study(results)
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    assert (out["complete"], out["pruned"], out["best_trial"]) == (2, 2, 1)
+    rows = list(csv.DictReader((results / "automl" / "leaderboard.csv").open()))
+    assert [r["trial"] for r in rows][:2] == ["1", "0"] and len(rows) == 4
+    assert {"trial", "state", "val_mAP", "duration_s", "train.optim.lr"} <= set(rows[0])
+    for row in rows[2:]:  # pruned after epoch 0: that epoch's metric, not the pruner's tie-broken value
+        events = read_status(results / "automl" / f"trial_{int(row['trial']):03d}" / "train" / "status.json")
+        assert float(row["val_mAP"]) == pytest.approx(
+            next(e for e in events if e.get("epoch") == 0 and "kpi" in e)["kpi"]["val_mAP"]
+        )
+    best = json.loads((results / "automl" / "best_trial.json").read_text())
+    assert Path(best["checkpoint"]).is_file() and "trial_001" in best["checkpoint"]
+    best_spec = load_spec(results / "automl" / "best_spec.yaml")
+    assert best_spec.train.optim.lr == pytest.approx(3e-4)
+    assert best_spec.results_dir == spec.results_dir and best_spec.automl_policy == "off"
+    for png in ("metric_vs_trial.png", "param_importances.png"):
+        assert (results / "automl" / png).stat().st_size > 1000
+    events = read_status(results / "automl" / "status.json")
+    assert [e["status"] for e in events] == ["STARTED"] + ["RUNNING"] * 4 + ["SUCCESS"]
+    assert events[-1]["kpi"]["best_val_mAP"] == pytest.approx(study.trials[1].value)
+    assert events[3]["kpi"]["val_mAP"] == float(rows[2]["val_mAP"]) or events[3]["kpi"]["val_mAP"] == float(
+        rows[3]["val_mAP"]
+    )  # pruned trials report their metric, not the pruner's tie-broken value
+    # a trial is a train run in its own folder with its own spec
+    trial_spec = load_spec(results / "automl" / "trial_002" / "spec.yaml")
+    assert trial_spec.results_dir == str(results / "automl" / "trial_002")
+    assert trial_spec.train.num_epochs == 2 and trial_spec.automl_policy == "off"
+
+
+def test_random_search_runs_to_count_and_reruns_nothing(tiny_spec_file: Path) -> None:
+    spec = load_spec(tiny_spec_file, ["automl.algorithm=random", "automl.max_recommendations=3"])
+    results = Path(spec.results_dir)
+    run_search(spec, results / "automl", train_command=FAKE, poll_interval=0.05)
+    again = run_search(spec, results / "automl", train_command=FAKE, poll_interval=0.05)
+    assert again["complete"] == 3 and len(_study(results).get_trials()) == 3
+    assert all(_started_count(results / "automl" / f"trial_{i:03d}") == 1 for i in range(3))
+
+
+def _spawn(spec_file: Path, *overrides: str, epoch_seconds: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "FAKE_EPOCH_SECONDS": epoch_seconds}
+    cmd = [sys.executable, str(HERE / "run_fake_search.py"), str(spec_file), *overrides]
+    log = spec_file.parent / f"search_{time.monotonic_ns()}.log"
+    with log.open("wb") as fh:  # kept for a failing test's reader
+        return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def test_resume_after_kill(tiny_spec_file: Path) -> None:
+    overrides = ["automl.algorithm=random", "automl.max_recommendations=3", "automl.max_epochs=3"]
+    spec = load_spec(tiny_spec_file, overrides)
+    automl_dir = Path(spec.results_dir) / "automl"
+    proc = _spawn(tiny_spec_file, *overrides, epoch_seconds="1.0")
+    status = automl_dir / "trial_001" / "train" / "status.json"
+    deadline = time.monotonic() + 90
+    while not any("kpi" in e for e in read_status(status)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the search ended before it could be killed mid-trial"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    size = status.stat().st_size
+    time.sleep(2.5)
+    assert status.stat().st_size == size, "the killed search's training went on"
+    first = _study(Path(spec.results_dir))
+    assert [t.state for t in first.get_trials()][:2] == [TrialState.COMPLETE, TrialState.RUNNING]
+
+    resumed = _spawn(tiny_spec_file, *overrides, epoch_seconds="0.05")
+    assert resumed.wait(120) == 0
+    study = _study(Path(spec.results_dir))
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.COMPLETE and _started_count(automl_dir / "trial_000") == 1
+    assert trials[1].state == TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].params == trials[1].params
+    assert sum(t.state == TrialState.COMPLETE for t in effective_trials(study)) == 3
+
+
+def test_two_workers_share_one_study(tiny_spec_file: Path) -> None:
+    overrides = ["automl.algorithm=random", "automl.max_recommendations=6"]
+    spec = load_spec(tiny_spec_file, overrides)
+    workers = [_spawn(tiny_spec_file, *overrides, epoch_seconds="0.4") for _ in range(2)]
+    assert [w.wait(180) for w in workers] == [0, 0]
+    study = _study(Path(spec.results_dir))
+    trials = study.get_trials()
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    automl_dir = Path(spec.results_dir) / "automl"
+    assert all(_started_count(automl_dir / f"trial_{t.number:03d}") == 1 for t in trials)
+    assert len({t.user_attrs["pid"] for t in trials}) == 2
+    # the joining worker does not replay the first worker's suggestions
+    assert len({t.params["train.optim.lr"] for t in trials}) == 6
+
+
+def test_grid_skips_points_that_break_a_rule(tiny_spec_file: Path) -> None:
+    spec = load_spec(
+        tiny_spec_file,
+        [
+            "automl.algorithm=grid",
+            "automl.range_override={train.optim.lr: [1e-4, 3e-4], model.num_select: [10, 30]}",
+        ],
+    )
+    out = run_search(spec, Path(spec.results_dir) / "automl", train_command=FAKE, poll_interval=0.05)
+    trials = _study(Path(spec.results_dir)).get_trials()
+    assert out["complete"] == 2 and len(trials) == 2  # num_select=30 > num_queries=20 is never started
+    assert {t.params["model.num_select"] for t in trials} == {10}
+    assert {t.params["train.optim.lr"] for t in trials} == {1e-4, 3e-4}
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:////nonexistent_dir_ddetr/sub/study.db", "postgresql://me:s3cret@127.0.0.1:9/db", "nosuch://x"],
+)
+def test_unreachable_storage_is_one_line_error(tiny_spec_file: Path, url: str) -> None:
+    spec = load_spec(tiny_spec_file, [f"automl.storage={url}"])
+    with pytest.raises(SpecError, match=r"automl\.storage") as info:
+        run_search(spec, Path(spec.results_dir) / "automl", train_command=FAKE)
+    assert "\n" not in str(info.value) and "s3cret" not in str(info.value)
+    assert not list((Path(spec.results_dir) / "automl").glob("trial_*"))
+
+
+def test_cli_rejects_bad_hyperparameter_before_any_trial(
+    tiny_spec_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli_main(["automl", "-e", str(tiny_spec_file), "automl.hyperparameters=[model.hidden_dim]"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # earlier lines: the loader's warnings
+    assert code == 2 and err.startswith("error: automl.hyperparameters")
+    spec = load_spec(tiny_spec_file)
+    assert not list((Path(spec.results_dir) / "automl").glob("trial_*"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "routed"),
+    [
+        ([], False),
+        (["automl_policy=off"], False),
+        (["automl.enabled=false"], False),
+        (["automl_policy=on"], True),
+        (["automl.enabled=true"], True),
+    ],
+)
+def test_policy_switch(
+    tiny_spec_file: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str], routed: bool
+) -> None:
+    spec = load_spec(tiny_spec_file, overrides)
+    calls = []
+    monkeypatch.setattr("ddetr.tasks.automl.run", lambda s: calls.append(s) or {"best_trial": 0})
+    result = maybe_route(spec)
+    assert wants_search(spec) is routed
+    assert (result is not None) is routed and len(calls) == int(routed)
+
+
+def test_concurrent_trials_in_one_process(tiny_spec_file: Path) -> None:
+    spec = load_spec(
+        tiny_spec_file,
+        ["automl.algorithm=bayesian", "automl.max_recommendations=5", "automl.max_concurrent=2"],
+    )
+    out = run_search(spec, Path(spec.results_dir) / "automl", train_command=FAKE, poll_interval=0.05)
+    trials = _study(Path(spec.results_dir)).get_trials()
+    assert out["complete"] == 5 and len(trials) == 5
+    automl_dir = Path(spec.results_dir) / "automl"
+    assert all(_started_count(automl_dir / f"trial_{t.number:03d}") == 1 for t in trials)
+    starts = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(starts)), "no two trials overlapped"
