@@ -345,6 +345,10 @@ def build_model_from_checkpoint(
     # the checkpoint holds the whole model: never re-read the backbone-only file it was initialised from
     architecture = info.model.model_copy(update={"pretrained_backbone_path": ""})
     model = DeformableDETR.from_config(architecture, info.num_classes)
+    if info.raw.get("quantization"):  # a torchao int8 checkpoint: same modules, quantized weight tensors
+        from ddetr.deploy.quantize_torchao import prepare_model
+
+        prepare_model(model, info.raw["quantization"])
     load_into_model(model, info.state_dict, str(info.path))
     model.eval()
     return model, info

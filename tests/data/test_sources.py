@@ -207,8 +207,8 @@ def test_failed_unpack_leaves_no_final_folder(tmp_path: Path, monkeypatch: pytes
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    moto_server = pytest.importorskip("moto.server")
-    pytest.importorskip("s3fs")
+    import moto.server as moto_server
+
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

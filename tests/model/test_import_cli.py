@@ -7,15 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
+import transformers
 from safetensors.torch import save_file
 
 from ddetr.checkpoint import build_model_from_checkpoint, load_checkpoint
 from ddetr.model.weights import interm_indices_for_levels, original_layout
 from ddetr.spec.sections import ModelSection
-
-transformers = pytest.importorskip("transformers")
 
 PYTHON = sys.executable
 MAIN_IMPORT = "import sys; from ddetr.model.weights import main_import; sys.exit(main_import(*sys.argv[1:]))"

@@ -1,0 +1,236 @@
+"""A ddetr checkpoint to a self-describing ONNX file.
+
+The file has one input ``inputs`` (B, 3, H, W) float32 (normalised RGB, fixed H and W) and two outputs
+``pred_logits`` (B, Q, C) raw logits and ``pred_boxes`` (B, Q, 4) normalised (cx, cy, w, h). B is fixed or
+dynamic (``batch_size: -1``). The metadata entry ``ddetr`` (JSON, :func:`read_metadata`) holds what a runtime
+needs without a spec: class names, num_classes, num_queries, input size, mean/std, the model section and
+whether the attention is the TensorRT plugin node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ddetr.errors import CheckpointError, SpecError
+from ddetr.runtime.base import IMAGENET_MEAN, IMAGENET_STD
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "inputs"
+OUTPUT_NAMES = ("pred_logits", "pred_boxes")
+METADATA_KEY = "ddetr"
+MIN_OPSET = 16  # GridSample entered the default domain in opset 16
+DEFAULT_OPSET = 17
+METADATA_VERSION = 1
+
+
+class ExportWrapper(nn.Module):
+    """The detector as ``inputs -> (pred_logits, pred_boxes)``: no mask (the exported size is fixed, unpadded)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """inputs (B, 3, H, W) -> logits (B, Q, C), boxes (B, Q, 4) normalised cx, cy, w, h."""
+        out = self.model(inputs)
+        return out.pred_logits, out.pred_boxes
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote."""
+
+    onnx_file: Path
+    metadata: dict[str, Any]
+
+
+def checkpoint_metadata(
+    info: Any, input_size: tuple[int, int], plugin: bool, batch_size: int
+) -> dict[str, Any]:
+    """The ``ddetr`` metadata of an export of the checkpoint ``info`` (a :class:`CheckpointInfo`)."""
+    aug = ((info.spec or {}).get("dataset") or {}).get("augmentation") or {}
+    return {
+        "format_version": METADATA_VERSION,
+        "num_classes": int(info.num_classes),
+        "class_names": list(info.class_names or []),
+        "num_queries": int(info.model.num_queries),
+        "input_size": [int(input_size[0]), int(input_size[1])],
+        "mean": [float(v) for v in aug.get("input_mean", IMAGENET_MEAN)],
+        "std": [float(v) for v in aug.get("input_std", IMAGENET_STD)],
+        "batch_size": int(batch_size),
+        "trt_plugin": bool(plugin),
+        "model": info.model.model_dump(),
+        "source_checkpoint": str(info.path),
+    }
+
+
+def check_export_args(opset_version: int, batch_size: int, input_channel: int = 3) -> None:
+    """One-line SpecErrors for export settings, before any work.
+
+    Raises:
+        SpecError: opset below :data:`MIN_OPSET`, batch_size 0 or below -1, input_channel not 3.
+    """
+    if opset_version < MIN_OPSET:
+        raise SpecError(
+            f"export.opset_version: {opset_version} is too old; the attention needs GridSample (opset >= "
+            f"{MIN_OPSET}). Set export.opset_version={DEFAULT_OPSET}."
+        )
+    if batch_size == 0 or batch_size < -1:
+        raise SpecError(f"export.batch_size: must be -1 (dynamic) or >= 1, got {batch_size}.")
+    if input_channel != 3:
+        raise SpecError(f"export.input_channel: the detector takes RGB images (3), got {input_channel}.")
+
+
+def export_onnx(
+    checkpoint: str | os.PathLike[str],
+    onnx_file: str | os.PathLike[str],
+    *,
+    input_size: tuple[int, int] = (640, 640),
+    batch_size: int = -1,
+    opset_version: int = DEFAULT_OPSET,
+    on_cpu: bool = True,
+    verbose: bool = False,
+) -> ExportResult:
+    """Export a checkpoint to ONNX, check it, and move it into place atomically.
+
+    Args:
+        checkpoint: a ddetr ``.pth`` checkpoint (the architecture and class names come from it).
+        onnx_file: output path; an existing file is replaced only once the new one is complete and checked.
+        input_size: (width, height) in pixels the file is fixed to.
+        batch_size: -1 for a dynamic batch axis, else the fixed batch size.
+        opset_version: ONNX opset, >= 16.
+        on_cpu: True: standard ONNX ops only (GridSample). False: the attention is TensorRT's
+            ``MultiscaleDeformableAttnPlugin_TRT`` node (ONNX Runtime cannot run such a file).
+        verbose: log the exporter's graph.
+
+    Returns:
+        The written path and its metadata.
+
+    Raises:
+        SpecError: bad opset/batch size. CheckpointError: missing or non-ddetr checkpoint.
+    """
+    import onnx
+
+    from ddetr.checkpoint import build_model_from_checkpoint
+
+    check_export_args(opset_version, batch_size)
+    ckpt = Path(checkpoint)
+    if not ckpt.is_file():
+        raise CheckpointError(f"export.checkpoint: {ckpt} does not exist (or is not a file).")
+    model, info = build_model_from_checkpoint(ckpt)
+    if info.raw.get("quantization"):
+        raise CheckpointError(
+            f"export.checkpoint: {ckpt} is a quantized ({info.raw['quantization'].get('backend')}) checkpoint; "
+            "export the float checkpoint and quantize the ONNX file (quantize.backend=onnxruntime)."
+        )
+    model.eval()
+    if not on_cpu:
+        from ddetr.deploy.trt_plugin import with_plugin_attention
+
+        model = with_plugin_attention(model)
+    wrapper = ExportWrapper(model).eval()
+    width, height = int(input_size[0]), int(input_size[1])
+    # trace with batch 2 when dynamic, so that no size-1 broadcast gets baked into the graph
+    trace_batch = 2 if batch_size == -1 else batch_size
+    dummy = torch.randn(trace_batch, 3, height, width)
+    dynamic_axes = None
+    if batch_size == -1:
+        dynamic_axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+
+    out = Path(onnx_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # shapes are fixed at export: the tracer's notes about Python ints are expected
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                wrapper,
+                (dummy,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                opset_version=opset_version,
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+                dynamo=False,
+                verbose=verbose,
+                custom_opsets=None if on_cpu else {_plugin_domain(): 1},
+            )
+        proto = onnx.load(str(tmp))
+        metadata = checkpoint_metadata(info, (width, height), plugin=not on_cpu, batch_size=batch_size)
+        set_metadata(proto, metadata)
+        proto.doc_string = f"ddetr Deformable DETR exported from {ckpt.name}"
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info(
+        "Exported %s -> %s (%dx%d, batch %s, opset %d, %s attention).",
+        ckpt,
+        out,
+        width,
+        height,
+        "dynamic" if batch_size == -1 else batch_size,
+        opset_version,
+        "standard-op" if on_cpu else "TensorRT-plugin",
+    )
+    return ExportResult(out, metadata)
+
+
+def _plugin_domain() -> str:
+    from ddetr.deploy.trt_plugin import PLUGIN_DOMAIN
+
+    return PLUGIN_DOMAIN
+
+
+def set_metadata(proto: Any, metadata: dict[str, Any]) -> None:
+    """Write (or replace) the ``ddetr`` metadata entry of an ``onnx.ModelProto``."""
+    for prop in list(proto.metadata_props):
+        if prop.key == METADATA_KEY:
+            proto.metadata_props.remove(prop)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+
+
+def metadata_from_proto(proto: Any) -> dict[str, Any] | None:
+    """The ``ddetr`` metadata of an ``onnx.ModelProto``, or None when absent."""
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    return None
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``ddetr`` metadata of an ONNX file (weights are not read).
+
+    Raises:
+        CheckpointError: the file is not ONNX, or is an ONNX model that ddetr did not export.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable ONNX file ({type(exc).__name__}).") from None
+    meta = metadata_from_proto(proto)
+    inputs = [i.name for i in proto.graph.input]
+    outputs = [o.name for o in proto.graph.output]
+    if meta is None or INPUT_NAME not in inputs or not set(OUTPUT_NAMES) <= set(outputs):
+        raise CheckpointError(
+            f"{path}: not a ddetr ONNX model (expected input '{INPUT_NAME}', outputs {list(OUTPUT_NAMES)} and "
+            f"'{METADATA_KEY}' metadata; found inputs {inputs}, outputs {outputs}). Export it with `ddetr export`."
+        )
+    return meta

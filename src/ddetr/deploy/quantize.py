@@ -1,0 +1,242 @@
+"""``quantize`` back ends behind one function: checks, the quantized artefact, and its before/after report.
+
+Back ends (``quantize.backend``):
+
+- ``onnxruntime`` (+), ``static_ptq``: QDQ INT8 of the ONNX export (:mod:`ddetr.deploy.quantize_onnx`);
+  a ``.pth`` model_path is exported first (standard ops, fixed ``export.input_width/height``).
+- ``torchao``, ``weight_only_ptq``: int8 weights of every linear (:mod:`ddetr.deploy.quantize_torchao`).
+- ``modelopt.onnx``: NVIDIA ModelOpt's ONNX INT8 (needs ``nvidia-modelopt``); ``modelopt.pytorch``: not
+  provided by ddetr (use ``modelopt.onnx`` or ``torchao``).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ddetr.errors import CheckpointError, SpecError, UnavailableError
+
+logger = logging.getLogger(__name__)
+
+MODELOPT_INSTALL = "pip install 'nvidia-modelopt[onnx]'"
+KNOWN_BACKEND_KWARGS = {"num_calibration_images", "calibration_batch_size", "activation_type", "keep_float"}
+
+
+@dataclass
+class QuantizePlan:
+    """What a quantize run will do, decided (and checked) before any work.
+
+    Attributes:
+        backend, mode: from the spec.
+        model_path: the input checkpoint or ONNX file.
+        output: the quantized artefact's path.
+        needs_calibration: static quantization (calibration images required).
+        options: backend options (``quantize.backend_kwargs`` with defaults filled in).
+    """
+
+    backend: str
+    mode: str
+    model_path: Path
+    output: Path
+    needs_calibration: bool
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_quantization(section: Any, calibration_source: Any, out_dir: Path) -> QuantizePlan:
+    """Check the quantize section and decide the output; every problem is a one-line error.
+
+    Args:
+        section: the spec's ``quantize`` section.
+        calibration_source: ``dataset.quant_calibration_data_sources``.
+        out_dir: the action's results folder.
+
+    Raises:
+        SpecError: missing model_path, backend/mode mismatch, no calibration data for static mode,
+            unknown backend_kwargs. CheckpointError: model_path missing or of the wrong kind.
+        UnavailableError: the backend's package is not installed.
+    """
+    from ddetr.spec.sections import is_set
+
+    if not is_set(section.model_path):
+        raise SpecError(
+            "quantize.model_path: required, not given; set it to a .pth checkpoint or an .onnx export."
+        )
+    model_path = Path(section.model_path)
+    if not model_path.is_file():
+        raise CheckpointError(f"quantize.model_path: {model_path} does not exist (or is not a file).")
+    unknown = sorted(set(section.backend_kwargs) - KNOWN_BACKEND_KWARGS)
+    if unknown:
+        raise SpecError(
+            f"quantize.backend_kwargs: unknown keys {unknown}; known: {sorted(KNOWN_BACKEND_KWARGS)}."
+        )
+    backend, mode = section.backend, section.mode
+    is_onnx = model_path.suffix.lower() == ".onnx"
+    options = dict(section.backend_kwargs)
+    if backend == "torchao":
+        if mode != "weight_only_ptq":
+            raise SpecError(
+                "quantize.mode: torchao does weight_only_ptq here; for static INT8 set quantize.backend=onnxruntime."
+            )
+        if is_onnx:
+            raise CheckpointError(
+                f"quantize.model_path: torchao quantizes a .pth checkpoint, got {model_path}."
+            )
+        from ddetr.deploy.quantize_torchao import require_torchao
+
+        require_torchao()
+        return QuantizePlan(
+            backend, mode, model_path, out_dir / f"{model_path.stem}_int8_wo.pth", False, options
+        )
+    if backend == "onnxruntime":
+        if mode != "static_ptq":
+            raise SpecError(
+                "quantize.mode: the onnxruntime backend does static INT8 (static_ptq); set quantize.mode=static_ptq "
+                "(or quantize.backend=torchao for weight_only_ptq)."
+            )
+        _require_calibration(calibration_source)
+        options.setdefault("num_calibration_images", 32)
+        options.setdefault("calibration_batch_size", 1)
+        options.setdefault("activation_type", "uint8")
+        return QuantizePlan(
+            backend, mode, model_path, out_dir / f"{model_path.stem}_int8.onnx", True, options
+        )
+    # modelopt.onnx / modelopt.pytorch
+    if not _modelopt_installed():
+        raise UnavailableError(
+            f"quantize.backend={backend} needs NVIDIA ModelOpt (package nvidia-modelopt), which is not installed; "
+            f"run `{MODELOPT_INSTALL}`, or use quantize.backend=onnxruntime (CPU) or torchao."
+        )
+    if backend == "modelopt.pytorch":
+        raise UnavailableError(
+            "quantize.backend=modelopt.pytorch: ddetr does not provide ModelOpt's PyTorch fake-quant path; use "
+            "quantize.backend=modelopt.onnx (for TensorRT), onnxruntime or torchao."
+        )
+    _require_calibration(calibration_source)
+    options.setdefault("num_calibration_images", 32)
+    options.setdefault("calibration_batch_size", 1)
+    return QuantizePlan(
+        backend, "static_ptq", model_path, out_dir / f"{model_path.stem}_modelopt_int8.onnx", True, options
+    )
+
+
+def _modelopt_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("modelopt") is not None
+
+
+def _require_calibration(source: Any) -> None:
+    if not source.image_dir:
+        raise SpecError(
+            "dataset.quant_calibration_data_sources.image_dir: static quantization needs calibration images; "
+            "set it (and optionally json_file) to a folder of representative images."
+        )
+
+
+def onnx_input(plan: QuantizePlan, export_section: Any, work: Path) -> Path:
+    """The float ONNX file to quantize: model_path itself, or a standard-op export of the checkpoint."""
+    from ddetr.deploy.onnx_export import export_onnx, read_metadata
+
+    if plan.model_path.suffix.lower() == ".onnx":
+        meta = read_metadata(plan.model_path)
+        if meta.get("trt_plugin"):
+            raise CheckpointError(
+                f"quantize.model_path: {plan.model_path} holds the TensorRT attention plugin; re-export with "
+                "export.on_cpu=true to quantize it."
+            )
+        if meta.get("quantization"):
+            raise CheckpointError(f"quantize.model_path: {plan.model_path} is already quantized.")
+        return plan.model_path
+    size = (export_section.input_width, export_section.input_height)
+    return export_onnx(plan.model_path, work / "float.onnx", input_size=size, batch_size=-1).onnx_file
+
+
+def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
+    """Run the plan; returns ``{"output", "float_model", "quantization"}`` (paths as str)."""
+    from ddetr.deploy.evaluation import calibration_batches, list_calibration_images
+
+    if plan.backend == "torchao":
+        from ddetr.deploy.quantize_torchao import quantize_checkpoint_torchao
+
+        _, note = quantize_checkpoint_torchao(plan.model_path, plan.output, spec.quantize.skip_names)
+        return {"output": str(plan.output), "float_model": str(plan.model_path), "quantization": note}
+
+    from ddetr.deploy.onnx_export import read_metadata
+
+    with tempfile.TemporaryDirectory(dir=plan.output.parent, prefix=".quantize.") as tmp:
+        float_onnx = onnx_input(plan, spec.export, Path(tmp))
+        meta = read_metadata(float_onnx)
+        source = spec.dataset.quant_calibration_data_sources
+        paths = list_calibration_images(source.image_dir, source.json_file)
+        batch = int(plan.options["calibration_batch_size"])
+        if meta.get("batch_size", -1) > 0:
+            batch = int(meta["batch_size"])
+        count = min(int(plan.options["num_calibration_images"]), len(paths))
+        batches = calibration_batches(
+            paths,
+            batch_size=batch,
+            num_batches=max(count // batch, 1),
+            mean=meta["mean"],
+            std=meta["std"],
+            input_size=tuple(meta["input_size"]),
+        )
+        keep_float = list(plan.options.get("keep_float", _default_keep_float())) + list(
+            spec.quantize.skip_names
+        )
+        if plan.backend == "onnxruntime":
+            from ddetr.deploy.quantize_onnx import quantize_onnx_static
+
+            note = quantize_onnx_static(
+                float_onnx,
+                plan.output,
+                batches,
+                keep_float=keep_float,
+                calibrate_method=spec.quantize.algorithm,
+                activation_type=plan.options["activation_type"],
+            )
+        else:
+            note = _quantize_modelopt_onnx(float_onnx, plan.output, batches, meta, keep_float)
+        float_model = plan.model_path
+        if float_onnx != plan.model_path:  # keep the float export beside the quantized file, for the report
+            float_model = plan.output.with_name(f"{plan.model_path.stem}_fp32.onnx")
+            float_onnx.replace(float_model)
+    return {"output": str(plan.output), "float_model": str(float_model), "quantization": note}
+
+
+def _default_keep_float() -> tuple[str, ...]:
+    from ddetr.deploy.quantize_onnx import DEFAULT_KEEP_FLOAT
+
+    return DEFAULT_KEEP_FLOAT
+
+
+def _quantize_modelopt_onnx(
+    float_onnx: Path, output: Path, batches: Any, meta: dict[str, Any], keep_float: list[str]
+) -> dict[str, Any]:
+    """ModelOpt's ONNX INT8 PTQ (QDQ following TensorRT's rules). Not run here: ModelOpt is not installed."""
+    import numpy as np
+    import onnx
+    from modelopt.onnx.quantization import quantize as modelopt_quantize
+
+    from ddetr.deploy.onnx_export import INPUT_NAME, set_metadata
+    from ddetr.deploy.quantize_onnx import nodes_to_exclude
+
+    data = np.concatenate(list(batches))
+    excluded = nodes_to_exclude(onnx.load(str(float_onnx), load_external_data=False), keep_float)
+    tmp = output.with_name(f".{output.name}.tmp")
+    modelopt_quantize(
+        str(float_onnx),
+        quantize_mode="int8",
+        calibration_data={INPUT_NAME: data},
+        calibration_method="entropy",
+        nodes_to_exclude=excluded,
+        output_path=str(tmp),
+    )
+    note = {"backend": "modelopt.onnx", "mode": "static_ptq", "format": "QDQ", "keep_float": keep_float}
+    proto = onnx.load(str(tmp))
+    set_metadata(proto, {**meta, "quantization": note})
+    onnx.save(proto, str(tmp))
+    tmp.replace(output)
+    return note

@@ -1,0 +1,111 @@
+"""ONNX Runtime back end of the Predictor: a ddetr-exported (or quantized) ``.onnx`` file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ddetr.errors import CheckpointError, DataError, UnavailableError
+from ddetr.runtime.base import ModelInfo, Predictor
+
+logger = logging.getLogger(__name__)
+
+
+def model_info_from_metadata(meta: dict[str, Any]) -> ModelInfo:
+    """:class:`ModelInfo` from the ``ddetr`` metadata an export writes."""
+    size = meta.get("input_size")
+    return ModelInfo(
+        num_classes=int(meta["num_classes"]),
+        class_names=list(meta.get("class_names") or []),
+        input_size=(int(size[0]), int(size[1])) if size else None,
+        mean=tuple(float(v) for v in meta.get("mean", ModelInfo.mean)),
+        std=tuple(float(v) for v in meta.get("std", ModelInfo.std)),
+        num_queries=int(meta.get("num_queries", ModelInfo.num_queries)),
+    )
+
+
+class OnnxPredictor(Predictor):
+    """Runs a ddetr ONNX file in ONNX Runtime.
+
+    The file's metadata gives the class names, the fixed input size and the normalisation, so no spec model
+    section or classmap is needed. Inputs must already be at the fixed size (evaluate and inference resize to
+    ``info.input_size``); a file with a fixed batch size is fed in chunks of that size.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: intra-op threads (0: ONNX Runtime's default, all cores).
+        providers: ONNX Runtime execution providers; default CPU.
+
+    Raises:
+        CheckpointError: not an ONNX file or not a ddetr export.
+        UnavailableError: the file holds the TensorRT attention plugin (export with ``on_cpu: true``).
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self, path: str | os.PathLike[str], threads: int = 0, providers: list[str] | None = None
+    ) -> None:
+        import onnxruntime as ort
+
+        from ddetr.deploy.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_metadata
+
+        self.path = str(path)
+        self.metadata = read_metadata(path)
+        if self.metadata.get("trt_plugin"):
+            raise UnavailableError(
+                f"{path}: exported for TensorRT (attention plugin node, export.on_cpu=false); ONNX Runtime cannot "
+                "run it. Re-export with export.on_cpu=true, or build an engine with `ddetr gen_trt_engine`."
+            )
+        self.info = model_info_from_metadata(self.metadata)
+        self.quantization = self.metadata.get("quantization")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads > 0:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                self.path, sess_options=options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types, all unrelated to ours
+            raise CheckpointError(
+                f"{path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0]}"
+            ) from None
+        self._input = INPUT_NAME
+        self._outputs = list(OUTPUT_NAMES)
+        batch = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+        self._warned_padding = False
+
+    def __call__(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """images (B, 3, H, W) normalised at ``info.input_size`` -> logits (B, Q, C), boxes (B, Q, 4)."""
+        if self.info.input_size is not None:
+            width, height = self.info.input_size
+            if tuple(images.shape[-2:]) != (height, width):
+                raise DataError(
+                    f"{self.path}: exported for {width}x{height} input, got a batch of "
+                    f"{images.shape[-1]}x{images.shape[-2]}; resize to the exported size (input_width/input_height)."
+                )
+        if mask is not None and bool(mask.any()) and not self._warned_padding:
+            logger.warning(
+                "%s: padded input given to an exported model; padding is treated as image.", self.path
+            )
+            self._warned_padding = True
+        array = images.detach().float().cpu().numpy()
+        chunk = self.fixed_batch or array.shape[0]
+        logits, boxes = [], []
+        for start in range(0, array.shape[0], chunk):
+            part = array[start : start + chunk]
+            real = part.shape[0]
+            if real < chunk:  # fixed-batch file: pad the last chunk with zeros, drop their outputs
+                part = np.concatenate([part, np.zeros((chunk - real, *part.shape[1:]), part.dtype)])
+            out_logits, out_boxes = self.session.run(self._outputs, {self._input: np.ascontiguousarray(part)})
+            logits.append(out_logits[:real])
+            boxes.append(out_boxes[:real])
+        return torch.from_numpy(np.concatenate(logits)), torch.from_numpy(np.concatenate(boxes))

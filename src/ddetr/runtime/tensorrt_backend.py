@@ -1,0 +1,83 @@
+"""TensorRT back end of the Predictor: an engine built by ``ddetr gen_trt_engine`` (TensorRT 10 API, CUDA)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import Tensor
+
+from ddetr.errors import CheckpointError, DataError
+from ddetr.runtime.base import Predictor
+
+logger = logging.getLogger(__name__)
+
+
+class TensorRTPredictor(Predictor):
+    """Runs a serialized TensorRT engine on the GPU.
+
+    The engine's sidecar (``<engine>.json``, written by ``gen_trt_engine``) gives class names, input size and
+    normalisation. Batches larger than the engine's maximum batch are run in chunks.
+
+    Args:
+        path: the engine file (``.engine`` / ``.trt`` / ``.plan``).
+        device: CUDA device index.
+
+    Raises:
+        UnavailableError: TensorRT or a GPU is missing (checked before the file is read).
+        CheckpointError: no sidecar, or the engine cannot be deserialized.
+    """
+
+    backend = "tensorrt"
+
+    def __init__(self, path: str | os.PathLike[str], device: int = 0) -> None:
+        from ddetr.deploy.tensorrt import load_plugin_libraries, read_sidecar, require_tensorrt
+        from ddetr.runtime.onnx_backend import model_info_from_metadata
+
+        trt = require_tensorrt("running a TensorRT engine")
+        self.path = str(path)
+        meta = read_sidecar(path)
+        self.info = model_info_from_metadata(meta)
+        self.max_batch = int((meta.get("tensorrt") or {}).get("max_batch", 1))
+        self.device = torch.device("cuda", device)
+        trt_logger = trt.Logger(trt.Logger.WARNING)
+        load_plugin_libraries(trt, trt_logger)
+        self.runtime = trt.Runtime(trt_logger)
+        with open(path, "rb") as handle:
+            self.engine = self.runtime.deserialize_cuda_engine(handle.read())
+        if self.engine is None:
+            raise CheckpointError(
+                f"{path}: TensorRT cannot deserialize this engine (another TensorRT version or GPU?)."
+            )
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream(device=self.device)
+
+    def __call__(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """images (B, 3, H, W) at ``info.input_size`` -> logits (B, Q, C), boxes (B, Q, 4) on the CPU."""
+        if self.info.input_size is not None:
+            width, height = self.info.input_size
+            if tuple(images.shape[-2:]) != (height, width):
+                raise DataError(
+                    f"{self.path}: built for {width}x{height} input, got {images.shape[-1]}x{images.shape[-2]}."
+                )
+        logits, boxes = [], []
+        for start in range(0, images.shape[0], self.max_batch):
+            chunk_logits, chunk_boxes = self._run(images[start : start + self.max_batch])
+            logits.append(chunk_logits)
+            boxes.append(chunk_boxes)
+        return torch.cat(logits), torch.cat(boxes)
+
+    def _run(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        batch = int(images.shape[0])
+        inputs = images.to(self.device, torch.float32).contiguous()
+        self.context.set_input_shape("inputs", tuple(inputs.shape))
+        logits = torch.empty((batch, self.info.num_queries, self.info.num_classes), device=self.device)
+        boxes = torch.empty((batch, self.info.num_queries, 4), device=self.device)
+        for name, tensor in (("inputs", inputs), ("pred_logits", logits), ("pred_boxes", boxes)):
+            self.context.set_tensor_address(name, int(tensor.data_ptr()))
+        with torch.cuda.stream(self.stream):
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise CheckpointError(f"{self.path}: TensorRT execution failed.")
+        self.stream.synchronize()
+        return logits.cpu(), boxes.cpu()

@@ -1,0 +1,70 @@
+"""``ddetr export``: a checkpoint to a self-describing ONNX file (and, optionally, DeepStream files)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ddetr.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+
+def tensorrt_installed() -> bool:
+    """True when the ``tensorrt`` Python package can be found (not imported: it needs CUDA to load)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def run(spec: Any) -> dict[str, Any]:
+    """Export; writes the ONNX file (default ``<results_dir>/export/<checkpoint stem>.onnx``) and status.json."""
+    from ddetr.deploy.nvdsinfer import write_nvdsinfer
+    from ddetr.deploy.onnx_export import check_export_args, export_onnx
+    from ddetr.spec.sections import require
+    from ddetr.status import StatusLogger
+    from ddetr.tasks.common import prepare_results_dir
+
+    section = spec.export
+    check_export_args(section.opset_version, section.batch_size, section.input_channel)
+    checkpoint = Path(require(spec, "export.checkpoint"))
+    if not checkpoint.is_file():
+        raise CheckpointError(f"export.checkpoint: {checkpoint} does not exist (or is not a file).")
+    out_dir = prepare_results_dir(spec, "export")
+    onnx_file = Path(section.onnx_file) if section.onnx_file else out_dir / f"{checkpoint.stem}.onnx"
+    status = StatusLogger(out_dir / "status.json")
+    status.write(status="STARTED", message=f"Exporting {checkpoint} to {onnx_file}.")
+    try:
+        if not section.on_cpu and not tensorrt_installed():
+            logger.warning(
+                "export.on_cpu is false: the attention is exported as TensorRT's plugin node, which ONNX Runtime "
+                "cannot run (TensorRT is not installed here). Set export.on_cpu=true for an ONNX Runtime model."
+            )
+        result = export_onnx(
+            checkpoint,
+            onnx_file,
+            input_size=(section.input_width, section.input_height),
+            batch_size=section.batch_size,
+            opset_version=section.opset_version,
+            on_cpu=section.on_cpu,
+            verbose=section.verbose,
+        )
+        meta = result.metadata
+        outputs = {"onnx_file": str(result.onnx_file)}
+        if section.serialize_nvdsinfer:
+            labels, config = write_nvdsinfer(
+                result.onnx_file,
+                class_names=meta["class_names"],
+                num_classes=meta["num_classes"],
+                input_size=tuple(meta["input_size"]),
+                mean=meta["mean"],
+                std=meta["std"],
+                batch_size=section.batch_size,
+            )
+            outputs.update(labels_file=str(labels), nvinfer_config=str(config))
+        status.write(status="SUCCESS", message=f"Exported {result.onnx_file}.")
+        return {**outputs, "trt_plugin": meta["trt_plugin"], "input_size": meta["input_size"]}
+    except Exception as exc:
+        status.write(status="FAILURE", message=f"{type(exc).__name__}: {exc}")
+        raise

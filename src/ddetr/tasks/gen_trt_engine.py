@@ -1,0 +1,64 @@
+"""``ddetr gen_trt_engine``: an exported ONNX file to a TensorRT engine (needs TensorRT and an NVIDIA GPU)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ddetr.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+
+def plan(spec: Any) -> tuple[Any, dict[str, Any]]:
+    """Check the section and the ONNX file and derive the builder settings (no TensorRT needed).
+
+    Returns:
+        ``(TrtBuildSettings, onnx metadata)``.
+
+    Raises:
+        SpecError / CheckpointError / DataError: one line, before any work.
+    """
+    from ddetr.deploy.onnx_export import read_metadata
+    from ddetr.deploy.tensorrt import build_settings, calibration_stream
+    from ddetr.spec.sections import is_set, require
+    from ddetr.tasks.common import action_dir
+
+    section = spec.gen_trt_engine
+    onnx_file = Path(require(spec, "gen_trt_engine.onnx_file"))
+    if not onnx_file.is_file():
+        raise CheckpointError(f"gen_trt_engine.onnx_file: {onnx_file} does not exist (or is not a file).")
+    meta = read_metadata(onnx_file)
+    if meta.get("quantization") and section.tensorrt.data_type != "INT8":
+        logger.warning("%s is QDQ-quantized: TensorRT builds it as INT8 whatever data_type says.", onnx_file)
+    engine = section.trt_engine if is_set(section.trt_engine) else ""
+    engine_file = Path(engine) if engine else action_dir(spec, "gen_trt_engine") / f"{onnx_file.stem}.engine"
+    settings = build_settings(section, str(onnx_file), str(engine_file), meta)
+    if settings.calibration is not None and settings.calibration.image_dirs:
+        cache = settings.calibration.cache_file
+        if not (cache and Path(cache).is_file()):
+            calibration_stream(settings, meta)  # counts the images now: too few is an error before the build
+    return settings, meta
+
+
+def run(spec: Any) -> dict[str, Any]:
+    """Build the engine; writes it, its ``.json`` sidecar and status.json under ``<results_dir>/gen_trt_engine``."""
+    from ddetr.deploy.tensorrt import build_engine, require_tensorrt
+    from ddetr.status import StatusLogger
+    from ddetr.tasks.common import prepare_results_dir
+
+    settings, meta = plan(spec)
+    out_dir = prepare_results_dir(spec, "gen_trt_engine")
+    status = StatusLogger(out_dir / "status.json")
+    status.write(
+        status="STARTED", message=f"Building a {settings.data_type} engine from {settings.onnx_file}."
+    )
+    try:
+        require_tensorrt()
+        engine = build_engine(settings, meta)
+        status.write(status="SUCCESS", message=f"Engine written: {engine}.")
+        return {"trt_engine": str(engine), "data_type": settings.data_type}
+    except Exception as exc:
+        status.write(status="FAILURE", message=f"{type(exc).__name__}: {exc}")
+        raise

@@ -1,0 +1,110 @@
+"""``ddetr quantize``: a quantized checkpoint or ONNX file plus a before/after report (size, mAP)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _eval_pairs(spec: Any) -> list[tuple[str, str]]:
+    """Validation data for the report: ``dataset.test_data_sources`` if set, else ``val_data_sources``."""
+    from ddetr.engine.datamodule import resolve_sources
+
+    pairs = resolve_sources(spec.dataset.test_data_sources)
+    return pairs or resolve_sources(spec.dataset.val_data_sources)
+
+
+def _predictor(path: str, quantization: dict[str, Any] | None) -> Any:
+    from ddetr.runtime import load_predictor
+
+    if path.endswith(".pth") and quantization and quantization.get("backend") == "torchao":
+        from ddetr.deploy.evaluation import ModulePredictor
+        from ddetr.deploy.quantize_torchao import load_quantized_model
+        from ddetr.runtime.base import ModelInfo
+
+        model, info = load_quantized_model(path)
+
+        aug = ((info.spec or {}).get("dataset") or {}).get("augmentation") or {}
+        return ModulePredictor(
+            model,
+            ModelInfo(
+                num_classes=info.num_classes,
+                class_names=list(info.class_names or []),
+                mean=tuple(aug.get("input_mean", ModelInfo.mean)),
+                std=tuple(aug.get("input_std", ModelInfo.std)),
+                num_queries=info.model.num_queries,
+            ),
+        )
+    return load_predictor(path)
+
+
+def run(spec: Any) -> dict[str, Any]:
+    """Quantize; writes the artefact, ``quantize_report.json`` and status.json under ``<results_dir>/quantize``."""
+    from ddetr.deploy.evaluation import evaluate_predictor
+    from ddetr.deploy.quantize import plan_quantization, quantize
+    from ddetr.status import StatusLogger
+    from ddetr.tasks.common import action_dir, prepare_results_dir
+    from ddetr.tasks.evaluate import atomic_write_text
+
+    section = spec.quantize
+    # checks first (one-line errors before any work), then the results folder
+
+    plan = plan_quantization(
+        section, spec.dataset.quant_calibration_data_sources, action_dir(spec, "quantize")
+    )
+    out_dir = prepare_results_dir(spec, "quantize")
+    status = StatusLogger(out_dir / "status.json")
+    status.write(status="STARTED", message=f"Quantizing {plan.model_path} with {plan.backend} ({plan.mode}).")
+    try:
+        if section.device.startswith("cuda"):
+            logger.info("quantize.device=%s: quantization runs on the CPU here.", section.device)
+        done = quantize(plan, spec)
+        report: dict[str, Any] = {
+            "backend": plan.backend,
+            "mode": plan.mode,
+            "float_model": done["float_model"],
+            "quantized_model": done["output"],
+            "quantization": done["quantization"],
+            "size_bytes": {
+                "before": Path(done["float_model"]).stat().st_size,
+                "after": Path(done["output"]).stat().st_size,
+            },
+        }
+        report["size_ratio"] = report["size_bytes"]["after"] / max(report["size_bytes"]["before"], 1)
+        pairs = _eval_pairs(spec)
+        if pairs:
+            aug = spec.dataset.augmentation
+            kwargs = {
+                "num_select": spec.model.num_select,
+                "test_random_resize": aug.test_random_resize,
+                "max_size": aug.random_resize_max_size,
+                "batch_size": 1,
+            }
+            before = evaluate_predictor(_predictor(done["float_model"], None), pairs, **kwargs)
+            after = evaluate_predictor(_predictor(done["output"], done["quantization"]), pairs, **kwargs)
+            report["mAP"] = {"before": before["mAP"], "after": after["mAP"]}
+            report["mAP50"] = {"before": before["mAP50"], "after": after["mAP50"]}
+            report["eval_images"] = before["images"]
+        else:
+            logger.warning("No dataset.test_data_sources or val_data_sources: the report has no mAP.")
+            report["mAP"] = report["mAP50"] = None
+        atomic_write_text(out_dir / "quantize_report.json", json.dumps(report, indent=2))
+        mAP = report["mAP"]
+        logger.info(
+            "Quantized %s -> %s: size %.1f MB -> %.1f MB%s",
+            plan.model_path,
+            plan.output,
+            report["size_bytes"]["before"] / 1e6,
+            report["size_bytes"]["after"] / 1e6,
+            f", mAP {mAP['before']:.4f} -> {mAP['after']:.4f}" if mAP else "",
+        )
+        kpi = {"mAP_before": mAP["before"], "mAP_after": mAP["after"]} if mAP else None
+        status.write(status="SUCCESS", message=f"Quantized model: {plan.output}.", kpi=kpi)
+        return report
+    except Exception as exc:
+        status.write(status="FAILURE", message=f"{type(exc).__name__}: {exc}")
+        raise

@@ -1,0 +1,174 @@
+"""quantize: ONNX Runtime static INT8, torchao weight-only, the plan's one-line errors, the action's report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from ddetr.deploy.evaluation import calibration_batches, list_calibration_images
+from ddetr.deploy.onnx_export import read_metadata
+from ddetr.deploy.quantize import plan_quantization
+from ddetr.deploy.quantize_onnx import QUANTIZED_OP_TYPES, quantize_onnx_static
+from ddetr.errors import CheckpointError, SpecError, UnavailableError
+from ddetr.runtime.onnx_backend import OnnxPredictor
+from ddetr.spec.load import load_spec
+from ddetr.status import read_status
+from ddetr.tasks import quantize
+
+
+def _calibration(tiny_data: dict, size: tuple[int, int]) -> object:
+    paths = list_calibration_images(tiny_data["train"]["image_dir"], tiny_data["train"]["json_file"])
+    return calibration_batches(
+        paths,
+        batch_size=2,
+        num_batches=4,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        input_size=size,
+    )
+
+
+def test_static_int8_keeps_sampling_softmax_and_norms_float(
+    tiny_onnx: Path, tiny_data: dict, tmp_path: Path
+) -> None:
+    out = tmp_path / "q.onnx"
+    note = quantize_onnx_static(tiny_onnx, out, _calibration(tiny_data, (96, 64)))
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    produced = {o for n in proto.graph.node for o in n.output}
+    # dequantized activations (not weights/biases): what reads them computes on int8-rounded values
+    dq_outputs = {
+        n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in produced
+    }
+    consumers = {n.op_type for n in proto.graph.node if any(i in dq_outputs for i in n.input)}
+    assert {"Conv", "MatMul"} <= consumers
+    sensitive = {"GridSample", "Softmax", "LayerNormalization", "InstanceNormalization", "Sigmoid"}
+    assert {"GridSample", "Softmax", "LayerNormalization"} <= {n.op_type for n in proto.graph.node}
+    assert not consumers & sensitive
+    by_name = [
+        n for n in proto.graph.node if n.op_type in QUANTIZED_OP_TYPES and "sampling_offsets" in n.name
+    ]
+    assert by_name and not any(i in dq_outputs for n in by_name for i in n.input)
+    assert note["excluded_nodes"] > 0
+    meta = read_metadata(out)
+    assert meta["quantization"]["backend"] == "onnxruntime" and meta["class_names"][1] == "circle"
+    assert out.stat().st_size < 0.5 * tiny_onnx.stat().st_size
+    images = next(iter(_calibration(tiny_data, (96, 64))))
+    q_logits, q_boxes = OnnxPredictor(out)(torch.from_numpy(images))
+    f_logits, f_boxes = OnnxPredictor(tiny_onnx)(torch.from_numpy(images))
+    assert (q_boxes - f_boxes).abs().max() < 0.05  # close, but not bit-identical: it is quantized
+    assert (q_logits - f_logits).abs().max() > 0
+
+
+def test_torchao_checkpoint_loads_back(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from ddetr.checkpoint import build_model_from_checkpoint
+    from ddetr.deploy.quantize_torchao import load_quantized_model, quantize_checkpoint_torchao
+
+    model, note = quantize_checkpoint_torchao(tiny_checkpoint, tmp_path / "q.pth", skip_names=["class_embed"])
+    assert note["modules"] > 0
+    loaded, info = load_quantized_model(tmp_path / "q.pth")
+    float_model, _ = build_model_from_checkpoint(tiny_checkpoint)
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b, f = model(images), loaded(images), float_model(images)
+    torch.testing.assert_close(a.pred_logits, b.pred_logits, atol=0, rtol=0)
+    assert 0 < (a.pred_boxes - f.pred_boxes).abs().max() < 0.05
+    assert info.raw["quantization"]["skip_names"] == ["class_embed"]
+    assert type(loaded.class_embed[0].weight).__name__ != "Int8Tensor"
+    assert type(loaded.bbox_embed[0].layers[0].weight).__name__ == "Int8Tensor"
+    # evaluate/inference run it through the same Predictor as any checkpoint
+    from ddetr.runtime import load_predictor
+
+    logits, _ = load_predictor(str(tmp_path / "q.pth"))(images)
+    torch.testing.assert_close(logits, a.pred_logits, atol=0, rtol=0)
+
+
+def _section(spec_args: list[str], *extra: str):
+    return load_spec(None, [*spec_args, *extra])
+
+
+def test_plan_errors(spec_args: list[str], spec_checkpoint: Path, tmp_path: Path) -> None:
+    cal = load_spec(None, spec_args).dataset.quant_calibration_data_sources
+    with pytest.raises(SpecError, match=r"quantize\.model_path"):
+        spec = _section(spec_args)
+        plan_quantization(spec.quantize, cal, tmp_path)
+    spec = _section(spec_args, f"quantize.model_path={spec_checkpoint}", "quantize.backend=onnxruntime")
+    with pytest.raises(SpecError, match="static_ptq"):
+        plan_quantization(spec.quantize, cal, tmp_path)
+    spec = _section(
+        spec_args,
+        f"quantize.model_path={spec_checkpoint}",
+        "quantize.backend=onnxruntime",
+        "quantize.mode=static_ptq",
+    )
+    with pytest.raises(SpecError, match=r"quant_calibration_data_sources\.image_dir"):
+        plan_quantization(spec.quantize, spec.dataset.quant_calibration_data_sources, tmp_path)
+    spec = _section(spec_args, f"quantize.model_path={tmp_path / 'none.pth'}")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        plan_quantization(spec.quantize, cal, tmp_path)
+    spec = _section(spec_args, f"quantize.model_path={spec_checkpoint}", "quantize.backend_kwargs={bogus: 1}")
+    with pytest.raises(SpecError, match="bogus"):
+        plan_quantization(spec.quantize, cal, tmp_path)
+
+
+def test_modelopt_missing_is_unavailable(
+    spec_args: list[str], spec_checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import ddetr.deploy.quantize as module
+
+    monkeypatch.setattr(module, "_modelopt_installed", lambda: False)
+    for backend in ("modelopt.onnx", "modelopt.pytorch"):
+        spec = _section(spec_args, f"quantize.model_path={spec_checkpoint}", f"quantize.backend={backend}")
+        with pytest.raises(UnavailableError, match="nvidia-modelopt") as info:
+            plan_quantization(spec.quantize, spec.dataset.quant_calibration_data_sources, tmp_path)
+        assert "\n" not in str(info.value)
+
+
+def test_torchao_missing_is_unavailable(
+    spec_args: list[str], spec_checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
+    monkeypatch.setitem(sys.modules, "torchao", None)
+    spec = _section(spec_args, f"quantize.model_path={spec_checkpoint}")
+    with pytest.raises(UnavailableError, match="pip install torchao"):
+        plan_quantization(spec.quantize, spec.dataset.quant_calibration_data_sources, tmp_path)
+
+
+def test_quantize_action_onnxruntime_report(
+    spec_args: list[str], spec_checkpoint: Path, tiny_data: dict
+) -> None:
+    train = tiny_data["train"]
+    spec = _section(
+        spec_args,
+        f"quantize.model_path={spec_checkpoint}",
+        "quantize.backend=onnxruntime",
+        "quantize.mode=static_ptq",
+        "quantize.backend_kwargs={num_calibration_images: 8}",
+        f"dataset.quant_calibration_data_sources={{image_dir: {train['image_dir']}, json_file: {train['json_file']}}}",
+        "export.input_width=64",
+        "export.input_height=64",
+    )
+    report = quantize.run(spec)
+    out = Path(spec.results_dir) / "quantize"
+    saved = json.loads((out / "quantize_report.json").read_text())
+    assert saved == report
+    assert Path(report["quantized_model"]).is_file() and report["quantized_model"].endswith("model_int8.onnx")
+    assert Path(report["float_model"]).name == "model_fp32.onnx"
+    assert report["size_bytes"]["after"] < report["size_bytes"]["before"]
+    assert set(report["mAP"]) == {"before", "after"} and report["eval_images"] == 8
+    assert read_status(out / "status.json")[-1]["status"] == "SUCCESS"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_quantize_action_torchao_report(spec_args: list[str], spec_checkpoint: Path) -> None:
+    spec = _section(spec_args, f"quantize.model_path={spec_checkpoint}")
+    report = quantize.run(spec)
+    assert report["backend"] == "torchao" and report["quantized_model"].endswith("model_int8_wo.pth")
+    assert report["size_bytes"]["after"] < report["size_bytes"]["before"]
+    assert 0.0 <= report["mAP"]["after"] <= 1.0
