@@ -10,6 +10,7 @@ import torch
 from ddetr.errors import SpecError
 from ddetr.model import detector as detector_module
 from ddetr.model.detector import DeformableDETR
+from ddetr.model.msda import MSDeformAttn
 from ddetr.model.outputs import DetectionOutput
 from ddetr.model.position import PositionEmbeddingSine
 from ddetr.model.transformer import DeformableTransformer
@@ -217,3 +218,24 @@ def test_exports_to_onnx_and_matches_onnxruntime(tmp_path) -> None:
         expected_logits, expected_boxes = wrapper(images)
     assert abs(logits - expected_logits.numpy()).max() <= 1e-4
     assert abs(boxes - expected_boxes.numpy()).max() <= 1e-4
+
+
+@pytest.mark.parametrize("two_stage", [False, True])
+def test_inference_fast_paths_equal_the_training_path(two_stage: bool) -> None:
+    """no_grad runs the gather MSDA and a channels-last backbone; with grad, the grid_sample reference."""
+    model = _model(two_stage=two_stage, with_box_refine=True, num_queries=10)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, MSDeformAttn):
+                module.sampling_offsets.weight.normal_(0, 0.2)
+                module.attention_weights.weight.normal_(0, 0.2)
+    images = torch.randn(2, 3, 64, 80)
+    mask = torch.zeros(2, 64, 80, dtype=torch.bool)
+    mask[1, 40:, :] = True
+    with torch.no_grad():
+        fast = model(images, mask)
+    images.requires_grad_(True)  # forces the autograd (reference) path everywhere
+    slow = model(images, mask)
+    assert slow.pred_logits.requires_grad
+    assert torch.allclose(fast.pred_logits, slow.pred_logits, atol=1e-4)
+    assert torch.allclose(fast.pred_boxes, slow.pred_boxes, atol=1e-4)

@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from ddetr.model.msda import MSDeformAttn, multi_scale_deformable_attention
+import ddetr.model.msda as msda
+from ddetr.model.msda import (
+    MSDeformAttn,
+    multi_scale_deformable_attention,
+    multi_scale_deformable_attention_gather,
+)
 
 SHAPES = [(3, 5), (2, 3), (1, 1), (4, 2)]
 
@@ -136,3 +141,115 @@ def test_box_reference_points_scale_offsets() -> None:
     assert attn(query, reference, source, shapes).shape == (2, 7, 32)
     with pytest.raises(ValueError, match="2 or 4"):
         attn(query, reference[..., :3], source, shapes)
+
+
+def test_gather_equals_direct_bilinear_loop_and_reference() -> None:
+    value, locations, weights = _inputs(5)
+    # exact pixel centres, borders and far-outside points (every corner outside reads zero)
+    locations[0, 0, 0, 0, 0] = torch.tensor([0.5 / 5, 0.5 / 3])
+    locations[0, 0, 1, 1, 0] = torch.tensor([0.0, 1.0])
+    locations[1, 1, 0, 3, 1] = torch.tensor([-7.0, 0.5])
+    locations[1, 2, 1, 0, 2] = torch.tensor([0.5, 25.0])
+    actual = multi_scale_deformable_attention_gather(value, torch.tensor(SHAPES), locations, weights)
+    expected = _loop_reference(value, SHAPES, locations, weights)
+    assert actual.shape == (2, 4, 6)
+    assert torch.allclose(actual.double(), expected, atol=1e-5)
+    reference = multi_scale_deformable_attention(value, SHAPES, locations, weights)
+    assert torch.allclose(actual, reference, atol=1e-5)
+
+
+def test_gather_equals_reference_on_a_realistic_size_in_float64() -> None:
+    generator = torch.Generator().manual_seed(6)
+    shapes = [(16, 20), (8, 10), (4, 5), (2, 3)]
+    tokens = sum(h * w for h, w in shapes)
+    value = torch.randn(2, tokens, 8, 4, generator=generator, dtype=torch.float64)
+    locations = torch.rand(2, 50, 8, 4, 4, 2, generator=generator, dtype=torch.float64) * 1.4 - 0.2
+    weights = torch.rand(2, 50, 8, 4, 4, generator=generator, dtype=torch.float64)
+    actual = multi_scale_deformable_attention_gather(value, shapes, locations, weights)
+    expected = multi_scale_deformable_attention(value, shapes, locations, weights)
+    assert actual.dtype == torch.float64
+    assert torch.allclose(actual, expected, atol=1e-12)
+
+
+def test_gather_survives_non_finite_locations() -> None:
+    value, locations, weights = _inputs(7)
+    locations[0, 0, 0, 0, 0, 0] = float("nan")
+    locations[0, 1, 0, 0, 0, 1] = float("inf")
+    locations[1, 0, 0, 0, 0, 0] = -float("inf")
+    out = multi_scale_deformable_attention_gather(value, SHAPES, locations, weights)
+    assert torch.isfinite(out).all()
+    reference = multi_scale_deformable_attention(value, SHAPES, locations, weights)
+    assert torch.allclose(out[1, 1:], reference[1, 1:], atol=1e-5)
+
+
+def _spy(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    for name in ("multi_scale_deformable_attention", "multi_scale_deformable_attention_gather"):
+        original = getattr(msda, name)
+
+        def wrapped(*args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(msda, name, wrapped)
+    return calls
+
+
+def _trained_module() -> MSDeformAttn:
+    torch.manual_seed(1)
+    attn = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=2)
+    with torch.no_grad():
+        attn.sampling_offsets.weight.normal_(0, 0.3)
+        attn.attention_weights.weight.normal_(0, 0.3)
+    return attn
+
+
+def test_module_uses_gather_without_grad_and_reference_with_grad(monkeypatch) -> None:
+    calls = _spy(monkeypatch)
+    attn = _trained_module()
+    query, reference, source, shapes = _module_inputs(4)
+    with torch.no_grad():
+        fast = attn(query, reference, source, shapes)
+    assert calls == ["multi_scale_deformable_attention_gather"]
+    slow = attn(query, reference, source, shapes)
+    assert calls[-1] == "multi_scale_deformable_attention"
+    assert slow.requires_grad
+    assert torch.allclose(fast, slow, atol=1e-5)
+    slow.sum().backward()
+    assert attn.sampling_offsets.weight.grad is not None
+
+
+def test_module_uses_the_reference_while_tracing(monkeypatch) -> None:
+    calls = _spy(monkeypatch)
+    attn = _trained_module().eval()
+    query, reference, source, shapes = _module_inputs(2)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, q: torch.Tensor, r: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            return self.attn(q, r, s, shapes, [(4, 5), (2, 3)])
+
+    with torch.no_grad():
+        torch.jit.trace(Wrapper(), (query, reference, source), check_trace=False)
+    assert calls and set(calls) == {"multi_scale_deformable_attention"}
+
+
+def test_recomputed_samples_give_the_same_gradients() -> None:
+    attn = _trained_module()
+    query, reference, source, shapes = _module_inputs(2)
+    source.requires_grad_(True)
+    grads = []
+    for recompute in (True, False):
+        attn.recompute_samples = recompute
+        attn.zero_grad(set_to_none=True)
+        source.grad = None
+        attn(query, reference, source, shapes).square().sum().backward()
+        grads.append(
+            (attn.sampling_offsets.weight.grad.clone(), attn.value_proj.weight.grad.clone(), source.grad)
+        )
+    for recomputed, kept in zip(*grads):
+        assert recomputed.abs().max() > 0
+        assert torch.allclose(recomputed, kept, atol=1e-6)
