@@ -343,7 +343,8 @@ def build_model_from_checkpoint(
 
     info = load_checkpoint(path, map_location=map_location)
     # the checkpoint holds the whole model: never re-read the backbone-only file it was initialised from
-    architecture = info.model.model_copy(update={"pretrained_backbone_path": ""})
+    # and run batch norm frozen (folded into the convolutions): in eval mode it equals a live one
+    architecture = info.model.model_copy(update={"pretrained_backbone_path": "", "freeze_backbone_bn": True})
     model = DeformableDETR.from_config(architecture, info.num_classes)
     if info.raw.get("quantization"):  # a torchao int8 checkpoint: same modules, quantized weight tensors
         from ddetr.deploy.quantize_torchao import prepare_model

@@ -10,7 +10,7 @@ import torchvision
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ddetr.errors import CheckpointError, SpecError
-from ddetr.model.backbone import build_backbone, split_levels
+from ddetr.model.backbone import BatchNormConv2d, build_backbone, fold_frozen_batch_norms, split_levels
 from ddetr.spec.sections import ModelSection
 
 
@@ -141,3 +141,86 @@ def test_pretrained_backbone_without_matching_keys_is_a_checkpoint_error(tmp_pat
         build_backbone(_section(pretrained_backbone_path=str(path)))
     with pytest.raises(CheckpointError, match=r"not a file"):
         build_backbone(_section(pretrained_backbone_path=str(tmp_path / "absent.pth")))
+
+
+def _random_frozen_resnet18() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, norm_layer=FrozenBatchNorm2d)
+    for module in net.modules():
+        if isinstance(module, FrozenBatchNorm2d):
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.normal_()
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+    net.fc = torch.nn.Identity()
+    return net
+
+
+def test_folded_batch_norm_equals_unfolded_forward_and_backward() -> None:
+    import copy
+
+    plain = _random_frozen_resnet18()
+    folded = fold_frozen_batch_norms(copy.deepcopy(plain))
+    assert list(folded.state_dict()) == list(plain.state_dict())
+    assert isinstance(folded.conv1, BatchNormConv2d) and isinstance(
+        folded.layer2[0].downsample[0], BatchNormConv2d
+    )
+    images = torch.randn(2, 3, 64, 64)
+    expected, actual = plain(images), folded(images)
+    assert torch.allclose(actual, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    expected.square().mean().backward()
+    actual.square().mean().backward()
+    for (name, a), (_, b) in zip(folded.named_parameters(), plain.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-3 * b.grad.abs().max().item()), name
+    # loading new statistics reaches the folded convolution
+    folded.load_state_dict(plain.state_dict() | {"bn1.running_var": plain.bn1.running_var * 4})
+    assert not torch.allclose(folded(images), actual)
+
+
+def test_channels_last_backbone_gives_the_same_features() -> None:
+    backbone = build_backbone(_section(return_interm_indices=[1, 2, 3]))
+    assert backbone.channels_last
+    images = torch.randn(1, 3, 64, 64)
+    mask = torch.zeros(1, 64, 64, dtype=torch.bool)
+    with torch.no_grad():
+        fast = backbone(images, mask)
+        backbone.channels_last = False
+        plain = backbone(images, mask)
+    for (a, _), (b, _) in zip(fast, plain):
+        assert a.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_backbone_trained_from_scratch_has_live_batch_norm_with_frozen_layout() -> None:
+    from ddetr.model.backbone import LiveBatchNorm2d
+    from ddetr.model.detector import DeformableDETR
+    from ddetr.spec.sections import ModelSection
+
+    common = dict(
+        backbone="resnet_18",
+        hidden_dim=32,
+        nheads=2,
+        enc_layers=1,
+        dec_layers=1,
+        dim_feedforward=64,
+        num_queries=10,
+        num_select=10,
+        num_feature_levels=1,
+        return_interm_indices=[3],
+    )
+    torch.manual_seed(0)
+    live = DeformableDETR.from_config(ModelSection(**common, freeze_backbone_bn=False), 3)
+    assert any(isinstance(m, LiveBatchNorm2d) for m in live.backbone.modules())
+    assert all(p.requires_grad for p in live.backbone.parameters())  # stem and layer1 train too
+    live.train()
+    live(torch.randn(2, 3, 64, 64))  # running statistics move
+    assert not torch.equal(live.state_dict()["backbone.body.bn1.running_mean"], torch.zeros(64))
+
+    frozen = DeformableDETR.from_config(ModelSection(**common), 3)
+    assert frozen.state_dict().keys() == live.state_dict().keys()
+    frozen.load_state_dict(live.state_dict(), strict=True)
+    live.eval()
+    frozen.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(live(x).pred_logits, frozen(x).pred_logits, atol=1e-4, rtol=1e-4)

@@ -43,6 +43,76 @@ TIMM_PREFIX = "timm:"
 VALID_NAMES = [*RESNETS, *GC_VITS, f"{TIMM_PREFIX}<name>"]
 
 
+class LiveBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm that learns and tracks statistics, with the state-dict keys of a frozen one.
+
+    Used when the backbone is trained from scratch (``model.freeze_backbone_bn: false``): a frozen batch norm at
+    its initial identity statistics leaves a randomly initialised ResNet without normalisation. It saves only
+    weight, bias, running_mean and running_var (no ``num_batches_tracked``), so its checkpoints load into the
+    frozen layout and, in eval mode, give the same outputs.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features)
+        self.register_buffer("num_batches_tracked", None)
+
+
+class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
+    """A frozen batch norm whose affine map is applied by the convolution before it (forward is identity).
+
+    Its buffers stay here, under the usual names, so state dicts are unchanged.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, C, H, W) -> x: the preceding :class:`BatchNormConv2d` already normalised it."""
+        return x
+
+
+class BatchNormConv2d(nn.Conv2d):
+    """A convolution followed by a frozen batch norm, computed as one convolution.
+
+    ``bn(conv(x)) = conv_{w * s}(x) + (b * s + beta - mean * s)`` with ``s = gamma / sqrt(var + eps)``: the
+    scale is applied to the (small) weight on every call instead of to the (large) output, which removes two
+    full-size elementwise passes forward and backward and their temporaries. Exact up to float rounding;
+    gradients reach ``weight`` through the scaling, so a trainable convolution stays trainable.
+    """
+
+    norm: FrozenBatchNorm2d
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, C_in, H, W) -> (B, C_out, H', W'), batch-normalised."""
+        norm = self.norm
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # (C_out,)
+        shift = norm.bias - norm.running_mean * scale
+        bias = shift if self.bias is None else self.bias * scale + shift
+        return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
+
+
+def _fold_pair(conv: nn.Module, norm: nn.Module) -> None:
+    if type(conv) is not nn.Conv2d or type(norm) is not FrozenBatchNorm2d:
+        return
+    # swap classes in place: parameters, buffers and their state-dict names stay exactly as they are
+    conv.__class__ = BatchNormConv2d
+    norm.__class__ = FoldedFrozenBatchNorm2d
+    conv.__dict__["norm"] = norm  # a plain reference, not a submodule (no duplicate state-dict keys)
+
+
+def fold_frozen_batch_norms(net: nn.Module) -> nn.Module:
+    """Fold each frozen batch norm of a torchvision ResNet into the convolution before it, in place.
+
+    Covers the stem (``conv1``/``bn1``), every block's ``conv{i}``/``bn{i}`` and ``downsample`` (conv, bn).
+    Other modules are left alone. Returns ``net``.
+    """
+    for module in net.modules():
+        for index in (1, 2, 3):
+            conv, norm = getattr(module, f"conv{index}", None), getattr(module, f"bn{index}", None)
+            if conv is not None and norm is not None:
+                _fold_pair(conv, norm)
+        if isinstance(module, nn.Sequential) and len(module) == 2:
+            _fold_pair(module[0], module[1])
+    return net
+
+
 def split_levels(return_interm_indices: list[int]) -> tuple[list[int], int]:
     """Backbone stages (values < 4, in order) and the number of extra conv levels (values >= 4)."""
     stages = [i for i in return_interm_indices if i < NUM_STAGES]
@@ -57,17 +127,36 @@ class Backbone(nn.Module):
         num_channels: channels of each returned stage.
         strides: stride (pixels) of each returned stage.
         name: the spec's backbone name.
+        channels_last: without gradients, run the body on a channels-last copy of the images (CPU
+            convolutions are faster in that layout; the features come out channels-last, which the later
+            flatten/transpose reads as contiguous tokens). Not used while tracing or exporting.
     """
 
-    def __init__(self, body: nn.Module, num_channels: list[int], strides: list[int], name: str) -> None:
+    def __init__(
+        self,
+        body: nn.Module,
+        num_channels: list[int],
+        strides: list[int],
+        name: str,
+        channels_last: bool = False,
+    ) -> None:
         super().__init__()
         self.body = body
         self.num_channels = num_channels
         self.strides = strides
         self.name = name
+        self.channels_last = channels_last
 
     def forward(self, images: Tensor, mask: Tensor) -> list[tuple[Tensor, Tensor]]:
         """images (B, 3, H, W), mask (B, H, W) bool True at padding -> [(B, C_l, H_l, W_l), (B, H_l, W_l)] per stage."""
+        # inference only: in training the channels-last backward measured slower and kept more memory
+        if (
+            self.channels_last
+            and not torch.is_grad_enabled()
+            and images.device.type == "cpu"
+            and not _exporting()
+        ):
+            images = images.contiguous(memory_format=torch.channels_last)
         features = self.body(images)
         if isinstance(features, dict):
             features = list(features.values())
@@ -78,6 +167,10 @@ class Backbone(nn.Module):
         return out
 
 
+def _exporting() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
 def _resnet(model: ModelSection, stages: list[int]) -> Backbone:
     tv_name, channels = RESNETS[model.backbone]
     if model.dilation and model.backbone in ("resnet_18", "resnet_34"):
@@ -85,20 +178,30 @@ def _resnet(model: ModelSection, stages: list[int]) -> Backbone:
             f"model.dilation: true is not supported by {model.backbone} (basic blocks cannot dilate); "
             "use resnet_50/resnet_101 or set model.dilation=false."
         )
+    frozen = model.freeze_backbone_bn
     net = getattr(torchvision.models, tv_name)(
         weights=None,
-        norm_layer=FrozenBatchNorm2d,
+        norm_layer=FrozenBatchNorm2d if frozen else LiveBatchNorm2d,
         replace_stride_with_dilation=[False, False, model.dilation],
     )
-    # the original trains layer2..4 only: the stem and layer1 stay at their ImageNet values
+    if frozen:
+        fold_frozen_batch_norms(net)
+    # the original trains layer2..4 only: the stem and layer1 stay at their ImageNet values;
+    # a backbone trained from scratch (freeze_backbone_bn=false) trains every layer
     for name, parameter in net.named_parameters():
-        trainable = model.train_backbone and any(f"layer{k}" in name for k in (2, 3, 4))
+        trainable = model.train_backbone and (not frozen or any(f"layer{k}" in name for k in (2, 3, 4)))
         parameter.requires_grad_(trainable)
     body = IntermediateLayerGetter(net, return_layers={f"layer{i + 1}": str(k) for k, i in enumerate(stages)})
     strides = [4, 8, 16, 32]
     if model.dilation:
         strides[-1] = 16
-    return Backbone(body, [channels[i] for i in stages], [strides[i] for i in stages], model.backbone)
+    return Backbone(
+        body,
+        [channels[i] for i in stages],
+        [strides[i] for i in stages],
+        model.backbone,
+        channels_last=True,
+    )
 
 
 def _timm(model: ModelSection, timm_name: str, stages: list[int]) -> Backbone:
@@ -122,7 +225,8 @@ def _timm(model: ModelSection, timm_name: str, stages: list[int]) -> Backbone:
             f"model.backbone: timm model '{timm_name}' cannot give features at stages {stages} "
             f"(model.return_interm_indices={model.return_interm_indices}, dilation={model.dilation}): {err}"
         ) from err
-    body = freeze_batch_norm_2d(body)
+    if model.freeze_backbone_bn:
+        body = freeze_batch_norm_2d(body)
     if not model.train_backbone:
         for parameter in body.parameters():
             parameter.requires_grad_(False)

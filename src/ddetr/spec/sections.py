@@ -139,6 +139,11 @@ class ModelSection(Section):
         description="detections kept per image by post-processing",
     )
     dilation: bool = spec_field(False, description="dilated last ResNet stage (DC5)")
+    freeze_backbone_bn: bool = spec_field(
+        True,
+        description="(+) frozen batch norm and frozen stem/layer1, the original recipe for a pretrained backbone; "
+        "false: live batch norm and every backbone layer trained (a backbone trained from scratch)",
+    )
     train_backbone: bool = spec_field(True)
     clip_max_norm: float = spec_field(0.1, inert=True)
     loss_types: list[str] = spec_field(["labels", "boxes"], inert=True)
