@@ -63,7 +63,10 @@ def test_bccd_train_evaluate_infer_from_tarball(tmp_path: Path, monkeypatch: pyt
     classmap = tmp_path / "classmap.txt"
     classmap.write_text("Platelets\nRBC\nWBC\n")
     infer = [f"dataset.infer_data_sources={{image_dir: [{test_archive}], classmap: {classmap}}}"]
-    assert main(["inference", *common, *infer, f"inference.checkpoint={ckpt}", "inference.conf_threshold=0.1"]) == 0
+    assert (
+        main(["inference", *common, *infer, f"inference.checkpoint={ckpt}", "inference.conf_threshold=0.1"])
+        == 0
+    )
 
     for action in ("train", "evaluate", "inference"):
         events = read_status(results / action / "status.json")
@@ -75,7 +78,9 @@ def test_bccd_train_evaluate_infer_from_tarball(tmp_path: Path, monkeypatch: pyt
     assert 0.0 <= metrics["test_mAP"] <= 1.0 and 0.0 <= metrics["test_mAP50"] <= 1.0
     assert set(metrics["per_class_AP"]) == {"Platelets", "RBC", "WBC"}
     labels = sorted((results / "inference" / "labels").glob("*.txt"))
-    assert len(labels) == len(test_ids) == len(list((results / "inference" / "images_annotated").glob("*.jpg")))
+    assert (
+        len(labels) == len(test_ids) == len(list((results / "inference" / "images_annotated").glob("*.jpg")))
+    )
     dets = json.loads((results / "inference" / "detections.json").read_text())
     assert isinstance(dets, list) and all(d["score"] >= 0.1 for d in dets)
     for line in (row for f in labels for row in f.read_text().splitlines()):

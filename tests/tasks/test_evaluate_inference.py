@@ -16,7 +16,9 @@ from ddetr.tasks import evaluate, inference, train
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data: dict, tiny_overrides, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
+def trained(
+    tiny_data: dict, tiny_overrides, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[list[str], Path]:
     """A 1-epoch checkpoint of the tiny model and the overrides that made it."""
     args = [*tiny_overrides(tiny_data, tmp_path_factory.mktemp("trained")), "train.num_epochs=1"]
     result = train.run(load_spec(None, args))

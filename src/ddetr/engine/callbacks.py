@@ -130,4 +130,10 @@ class StatusCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         if trainer.is_global_zero:
-            self.status.write(status="FAILURE", message=f"Training failed: {exception}")
+            detail = (
+                f"{type(exception).__name__}: {exception}" if str(exception) else type(exception).__name__
+            )
+            self.status.write(
+                status="FAILURE",
+                message=f"Training stopped ({detail}); run the same command again to resume from the latest checkpoint.",
+            )

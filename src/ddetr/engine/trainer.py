@@ -87,6 +87,14 @@ def build_trainer(
 ) -> pl.Trainer:
     """A Trainer writing checkpoints and TensorBoard logs under ``train_dir`` and progress to ``status``."""
     train = spec.train
+    if (
+        logging.getLogger().handlers
+    ):  # our entry point set up logging: Lightning's own handler would repeat it
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            lightning_log = logging.getLogger(name)
+            for handler in list(lightning_log.handlers):
+                lightning_log.removeHandler(handler)
+            lightning_log.propagate = True
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropTips) for f in rank_zero_log.filters):
         rank_zero_log.addFilter(_DropTips())

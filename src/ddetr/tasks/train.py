@@ -124,6 +124,7 @@ def run(spec: Any) -> dict[str, Any]:
         with warnings.catch_warnings():
             # experiment.yaml and status.json live beside the checkpoints by design
             warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs newer torch, harmless
             trainer.fit(module, datamodule=data, ckpt_path=resume)
         if spec.train.is_dry_run:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
