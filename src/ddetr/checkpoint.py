@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from pydantic import ValidationError
 
 from ddetr import __version__
 from ddetr.errors import CheckpointError
+from ddetr.fileio import atomic_open
 from ddetr.spec.sections import ModelSection
 
 if TYPE_CHECKING:
@@ -89,16 +89,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, final)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(final, "wb") as handle:
+        torch.save(obj, handle)
     return final
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,11 @@ from PIL import Image
 from ddetr.data.coco import CocoDetection, check_min_size, load_image
 from ddetr.errors import DataError
 
-BCCD = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "bccd"
-if not BCCD.is_dir():
-    BCCD = Path("/work/shared/datasets/bccd")
+BCCD = (
+    Path(os.environ.get("DDETR_SHARED") or Path(__file__).resolve().parents[3] / "shared")
+    / "datasets"
+    / "bccd"
+)
 
 
 def _rgb(w: int = 40, h: int = 30, colour: tuple[int, int, int] = (200, 30, 30)) -> Image.Image:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,11 @@ from ddetr.model.detector import DeformableDETR
 from ddetr.spec.load import load_spec
 from ddetr.spec.sections import ModelSection
 
-BCCD = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "bccd"
+BCCD = (
+    Path(os.environ.get("DDETR_SHARED") or Path(__file__).resolve().parents[3] / "shared")
+    / "datasets"
+    / "bccd"
+)
 CLASS_NAMES = ["", "circle", "square", "triangle"]
 
 

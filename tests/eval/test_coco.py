@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,11 @@ import torch
 from ddetr.eval.coco import STAT_NAMES, CocoEvaluator, evaluate_detections
 from ddetr.model.boxes import box_xywh_to_xyxy
 
-REF = Path("/work/shared/datasets/coco_eval_ref")
+REF = (
+    Path(os.environ.get("DDETR_SHARED") or Path(__file__).resolve().parents[3] / "shared")
+    / "datasets"
+    / "coco_eval_ref"
+)
 GT = REF / "instances_val2014_100.json"
 DETS = REF / "instances_val2014_fakebbox100_results.json"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -22,9 +23,11 @@ from ddetr.model.weights import (
 )
 from ddetr.spec.sections import ModelSection
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "docs" / "reference"
-if not REFERENCE.is_dir():  # CI clones main with shared/ beside it
-    REFERENCE = Path("/work/shared/docs/reference")
+REFERENCE = (
+    Path(os.environ.get("DDETR_SHARED") or Path(__file__).resolve().parents[3] / "shared")
+    / "docs"
+    / "reference"
+)
 
 # variant -> the original code's command-line flags
 VARIANTS = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -11,7 +12,11 @@ import pytest
 from ddetr.cli import main
 from ddetr.status import read_status
 
-BCCD = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "bccd"
+BCCD = (
+    Path(os.environ.get("DDETR_SHARED") or Path(__file__).resolve().parents[3] / "shared")
+    / "datasets"
+    / "bccd"
+)
 
 
 @pytest.mark.slow

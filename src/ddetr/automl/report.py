@@ -11,8 +11,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ddetr.automl.runner import trial_dir_name
 from ddetr.automl.storage import retried_numbers
+from ddetr.fileio import atomic_write_bytes
 from ddetr.spec.load import dump_spec, validate_spec
 from ddetr.spec.sections import Spec
 
@@ -36,18 +35,6 @@ __all__ = [
     "write_plots",
     "write_reports",
 ]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _loss(t: FrozenTrial) -> float:
@@ -130,7 +117,7 @@ def write_leaderboard(study: optuna.Study, metric: str, path: Path) -> Path:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k, "")) for k in columns})
-    _atomic_write(path, buf.getvalue().encode("utf-8"))
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
     return path
 
 
@@ -165,7 +152,7 @@ def write_best(study: optuna.Study, base: Spec, automl_dir: Path) -> dict[str, A
         "checkpoint": best.user_attrs.get("checkpoint", ""),
         "spec": str(best_spec),
     }
-    _atomic_write(automl_dir / "best_trial.json", (json.dumps(info, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(automl_dir / "best_trial.json", (json.dumps(info, indent=2) + "\n").encode("utf-8"))
     return info
 
 

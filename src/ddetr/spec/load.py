@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-import os
 import re
-import tempfile
 import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ddetr.errors import SpecError
+from ddetr.fileio import atomic_write_text
 from ddetr.spec.sections import ModelSection, Spec, field_meta
 
 logger = logging.getLogger(__name__)
@@ -433,17 +432,7 @@ def dump_spec(spec: Spec, path: str | Path) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=110)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write_text(target, text)
 
 
 def merge_model_from_checkpoint(spec_model: ModelSection, ckpt_model: dict[str, Any]) -> ModelSection:

@@ -7,11 +7,10 @@ action go to ``<results_dir>/default_specs/``. Each template loads back to the d
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ddetr.fileio import atomic_write_text
 from ddetr.spec.schema import ACTION_SECTIONS, template_yaml
 from ddetr.spec.sections import Spec
 from ddetr.tasks.common import prepare_results_dir, status_logger
@@ -19,17 +18,6 @@ from ddetr.tasks.common import prepare_results_dir, status_logger
 logger = logging.getLogger(__name__)
 
 TEMPLATE_ACTIONS: tuple[str, ...] = tuple(ACTION_SECTIONS)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run(spec: Spec) -> dict[str, Any]:
@@ -48,7 +36,7 @@ def run(spec: Spec) -> dict[str, Any]:
     written = []
     for action in TEMPLATE_ACTIONS:
         path = out_dir / f"{action}.yaml"
-        _write_atomic(path, template_yaml(action))
+        atomic_write_text(path, template_yaml(action))
         written.append(str(path))
     logger.info(f"wrote {len(written)} spec templates to {out_dir}")
     status.success(f"Wrote {len(written)} spec templates to {out_dir}.")

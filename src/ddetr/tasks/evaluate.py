@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ddetr.errors import SpecError
+from ddetr.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +43,6 @@ def input_size_for(section: Any, predictor: Any) -> tuple[int, int] | None:
             )
         return tuple(fixed)
     return spec_size
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temporary name and rename, so a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def print_metrics(title: str, stats: dict[str, float], per_class: dict[str, float]) -> None:

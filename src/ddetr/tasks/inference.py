@@ -66,11 +66,12 @@ def run(spec: Any) -> dict[str, Any]:
 
     from ddetr.data.coco import load_image
     from ddetr.data.collate import preprocess_images
+    from ddetr.fileio import atomic_write_text
     from ddetr.runtime import load_predictor
     from ddetr.runtime.detect import class_name, detect, drop_unnamed, to_coco_results
     from ddetr.status import StatusLogger
     from ddetr.tasks.common import prepare_results_dir
-    from ddetr.tasks.evaluate import atomic_write_text, input_size_for, model_path
+    from ddetr.tasks.evaluate import input_size_for, model_path
     from ddetr.viz.draw import class_color, draw_detections, parse_color
 
     section = spec.inference

@@ -46,9 +46,9 @@ def run(spec: Any) -> dict[str, Any]:
     """Quantize; writes the artefact, ``quantize_report.json`` and status.json under ``<results_dir>/quantize``."""
     from ddetr.deploy.evaluation import evaluate_predictor
     from ddetr.deploy.quantize import plan_quantization, quantize
+    from ddetr.fileio import atomic_write_text
     from ddetr.status import StatusLogger
     from ddetr.tasks.common import action_dir, prepare_results_dir
-    from ddetr.tasks.evaluate import atomic_write_text
 
     section = spec.quantize
     # checks first (one-line errors before any work), then the results folder
