@@ -239,3 +239,19 @@ def test_searchable_fields_exclude_never_searched() -> None:
     ):
         assert name not in fields
     assert "model.dropout_ratio" in fields and "train.optim.lr" in fields
+
+
+@pytest.mark.parametrize(("sampler", "expected"), [("tpe", "TPESampler"), ("gp", "GPSampler")])
+def test_bayesian_sampler_choice_keeps_the_rules(tiny_spec_file: Path, sampler: str, expected: str) -> None:
+    from ddetr.automl.search import make_sampler
+
+    spec = load_spec(tiny_spec_file, ["automl.algorithm=bayesian", f"automl.sampler={sampler}"])
+    space = build_space(spec)
+    chosen = make_sampler(spec, space)
+    assert type(chosen).__name__ == expected
+    study = optuna.create_study(sampler=chosen, direction="maximize")
+    for i in range(12):
+        trial = study.ask()
+        trial_spec = apply_values(spec, space.suggest(trial, spec))
+        assert violations(trial_spec) == []
+        study.tell(trial, math.cos(i))

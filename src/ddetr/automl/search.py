@@ -49,6 +49,8 @@ def make_sampler(spec: Spec, space: SearchSpace, *, seeded: bool = True) -> optu
     if algorithm == "grid":
         return optuna.samplers.GridSampler(space.grid(), seed=seed)
     startup = max(1, min(10, spec.automl.max_recommendations // 4))
+    if algorithm == "bayesian" and spec.automl.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
 
 

@@ -468,6 +468,10 @@ class AutomlSection(Section):
 
     enabled: bool = spec_field(False)
     algorithm: Literal["bayesian", "hyperband", "asha", "random", "grid"] = spec_field("bayesian")
+    sampler: Literal["tpe", "gp"] = spec_field(
+        "tpe",
+        description="(+) the model behind algorithm=bayesian: tpe (Tree-structured Parzen) or gp (Gaussian process)",
+    )
     metric: Literal["val_mAP", "val_mAP50"] = spec_field("val_mAP")
     direction: Literal["maximize", "minimize"] = spec_field("maximize")
     max_recommendations: int = spec_field(20, ge=1, description="trials")
