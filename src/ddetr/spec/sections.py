@@ -352,8 +352,8 @@ class TrainSection(Section):
     _precision = field_validator("precision", "distributed_strategy", mode="before")(_lower)
 
 
-class EvaluateSection(Section):
-    """``evaluate``: COCO mAP of a checkpoint, ONNX file or engine on ``dataset.test_data_sources``."""
+class _RunModelSection(Section):
+    """Fields shared by ``evaluate`` and ``inference``: which model to run, where, and at what size."""
 
     checkpoint: str = spec_field("", description="a .pth checkpoint (this or trt_engine)")
     trt_engine: str = spec_field("", description="a TensorRT engine or an .onnx file")
@@ -364,23 +364,20 @@ class EvaluateSection(Section):
     conf_threshold: float = spec_field(0.0, ge=0.0, le=1.0)
     input_width: int | None = spec_field(None, ge=1, description="both set: fixed resize")
     input_height: int | None = spec_field(None, ge=1)
+
+
+class EvaluateSection(_RunModelSection):
+    """``evaluate``: COCO mAP of a checkpoint, ONNX file or engine on ``dataset.test_data_sources``."""
+
     results_dir: str = spec_field("", description="empty: <results_dir>/evaluate")
 
 
-class InferenceSection(Section):
+class InferenceSection(_RunModelSection):
     """``inference``: detections drawn and written for ``dataset.infer_data_sources``."""
 
-    checkpoint: str = spec_field("", description="a .pth checkpoint (this or trt_engine)")
-    trt_engine: str = spec_field("", description="a TensorRT engine or an .onnx file")
-    num_gpus: int = spec_field(1, ge=1)
-    gpu_ids: list[int] = spec_field([0])
-    num_nodes: int = spec_field(1, ge=1, inert=True)
-    batch_size: int = spec_field(-1, ge=-1, description="-1: dataset.batch_size")
     conf_threshold: float = spec_field(0.5, ge=0.0, le=1.0)
     color_map: dict[str, str] = spec_field({}, description="class name -> colour")
     is_internal: bool = spec_field(False)
-    input_width: int | None = spec_field(None, ge=1, description="both set: fixed resize")
-    input_height: int | None = spec_field(None, ge=1)
     outline_width: int = spec_field(3, ge=1, description="box outline in pixels")
     results_dir: str = spec_field("", description="empty: <results_dir>/inference")
 
