@@ -20,7 +20,6 @@ import copy
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddetr.model.msda import MSDeformAttn, multi_scale_deformable_attention
@@ -93,29 +92,9 @@ class PluginMSDeformAttn(nn.Module):
     ) -> Tensor:
         """Same arguments and result as :meth:`MSDeformAttn.forward`: (B, Lq, d)."""
         m = self.inner
-        batch, num_queries, _ = query.shape
-        _, num_tokens, _ = input_flatten.shape
-        value = m.value_proj(input_flatten)
-        if input_padding_mask is not None:
-            value = value.masked_fill(input_padding_mask[..., None], 0.0)
-        value = value.view(batch, num_tokens, m.n_heads, m.d_model // m.n_heads)  # (B, S, H, D_h)
-        offsets = m.sampling_offsets(query).view(
-            batch, num_queries, m.n_heads, m.n_levels, m.n_points, 2
-        )  # (B, Lq, H, L, P, 2)
-        weights = m.attention_weights(query).view(batch, num_queries, m.n_heads, m.n_levels * m.n_points)
-        weights = F.softmax(weights, -1).view(
-            batch, num_queries, m.n_heads, m.n_levels, m.n_points
-        )  # (B, Lq, H, L, P)
-        if reference_points.shape[-1] == 2:
-            normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(offsets.dtype)
-            locations = (
-                reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-            )
-        else:
-            locations = (
-                reference_points[:, :, None, :, None, :2]
-                + offsets / m.n_points * reference_points[:, :, None, :, None, 2:] * 0.5
-            )
+        value, locations, weights = m.sampling_inputs(
+            query, reference_points, input_flatten, spatial_shapes, input_padding_mask
+        )
         shapes = spatial_shapes.to(torch.int32)
         areas = shapes[:, 0] * shapes[:, 1]
         level_start_index = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]]).to(torch.int32)  # (L,)

@@ -254,9 +254,39 @@ class MSDeformAttn(nn.Module):
         Returns:
             (B, Lq, d).
         """
+        shapes = _shape_list(spatial_shapes) if spatial_shapes_list is None else list(spatial_shapes_list)
+        value, locations, weights = self.sampling_inputs(
+            query, reference_points, input_flatten, spatial_shapes, input_padding_mask
+        )
+        if _gather_allowed(value, locations, weights):
+            output = multi_scale_deformable_attention_gather(value, shapes, locations, weights)
+        elif self.recompute_samples and _recompute_allowed(value, locations, weights):
+            # the (B*H, D_h, Lq, P) samples would be kept for backward (178 MB per encoder layer at batch 2,
+            # 512 px): keep only the inputs and sample again during backward (the same values, exactly)
+            output = checkpoint(
+                multi_scale_deformable_attention, value, shapes, locations, weights, use_reentrant=False
+            )
+        else:
+            output = multi_scale_deformable_attention(value, shapes, locations, weights)
+        return self.output_proj(output)
+
+    def sampling_inputs(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        input_flatten: Tensor,
+        spatial_shapes: Tensor,
+        input_padding_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """What the sampling consumes: projected values, sampling locations and attention weights.
+
+        Arguments as :meth:`forward`. Shared with the TensorRT plugin wrapper so the maths exists once.
+
+        Returns:
+            value (B, S, H, D_h), locations (B, Lq, H, L, P, 2) normalised, weights (B, Lq, H, L, P).
+        """
         batch, num_queries, _ = query.shape
         _, num_tokens, _ = input_flatten.shape
-        shapes = _shape_list(spatial_shapes) if spatial_shapes_list is None else list(spatial_shapes_list)
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             # in place: the projection's output is not saved for backward, so only one copy is kept
@@ -288,14 +318,4 @@ class MSDeformAttn(nn.Module):
             raise ValueError(
                 f"reference_points must have 2 or 4 coordinates, got {reference_points.shape[-1]}"
             )
-        if _gather_allowed(value, locations, weights):
-            output = multi_scale_deformable_attention_gather(value, shapes, locations, weights)
-        elif self.recompute_samples and _recompute_allowed(value, locations, weights):
-            # the (B*H, D_h, Lq, P) samples would be kept for backward (178 MB per encoder layer at batch 2,
-            # 512 px): keep only the inputs and sample again during backward (the same values, exactly)
-            output = checkpoint(
-                multi_scale_deformable_attention, value, shapes, locations, weights, use_reentrant=False
-            )
-        else:
-            output = multi_scale_deformable_attention(value, shapes, locations, weights)
-        return self.output_proj(output)
+        return value, locations, weights
