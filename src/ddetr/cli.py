@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ddetr import __version__
-from ddetr.errors import DdetrError, SpecError
+from ddetr.errors import DdetrError, Interrupted, SpecError
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

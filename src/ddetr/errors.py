@@ -21,3 +21,15 @@ class CheckpointError(DdetrError, ValueError):
 
 class UnavailableError(DdetrError, RuntimeError):
     """A requested facility (GPU, TensorRT, a package) is not available on this machine."""
+
+
+class Interrupted(Exception):
+    """A run stopped from outside (SIGTERM or Ctrl-C) after saving what it could; not a user error.
+
+    Attributes:
+        exit_code: the process exit status the CLI returns: 143 for SIGTERM, 130 for Ctrl-C (128 + signal).
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

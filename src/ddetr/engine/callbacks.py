@@ -42,6 +42,24 @@ class TaoCheckpoint(ModelCheckpoint):
             **every,
         )
 
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """On SIGTERM (preemption) or Ctrl-C, save the current state under its TAO name and link it as latest.
+
+        Other exceptions save nothing: a crash (a NaN loss, bad data) must not become the checkpoint that the
+        next run resumes from. Lightning raises SIGTERM between optimizer steps, so the saved state is whole.
+        """
+        if not is_interrupt(exception) or trainer.sanity_checking:
+            return
+        if self._last_global_step_saved == trainer.global_step:
+            return  # the newest checkpoint already holds this step
+        candidates = self._monitor_candidates(trainer)
+        filepath = self.format_checkpoint_name(candidates)
+        self._save_checkpoint(trainer, filepath)
+        self._save_last_checkpoint(trainer, candidates)
+        logger.info("Interrupted: saved %s; run the same command again to resume.", filepath)
+
     @staticmethod
     def _link_checkpoint(trainer: pl.Trainer, filepath: str, linkpath: str) -> None:
         # replace the link atomically: a reader never sees a missing or dangling latest link
@@ -52,6 +70,13 @@ class TaoCheckpoint(ModelCheckpoint):
             os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), tmp)
             os.replace(tmp, linkpath)
         trainer.strategy.barrier()
+
+
+def is_interrupt(exception: BaseException) -> bool:
+    """True for the ways a run is stopped from outside: SIGTERM (Lightning's SIGTERMException) or Ctrl-C."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    return isinstance(exception, (SIGTERMException, KeyboardInterrupt))
 
 
 def latest_checkpoint(train_dir: str | Path) -> Path | None:
@@ -129,11 +154,18 @@ class StatusCallback(Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            return
+        if is_interrupt(exception):
+            how = "Ctrl-C" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"
+            detail = f"interrupted by {how} at epoch {trainer.current_epoch}, step {trainer.global_step}"
+        else:
             detail = (
                 f"{type(exception).__name__}: {exception}" if str(exception) else type(exception).__name__
             )
-            self.status.write(
-                status="FAILURE",
-                message=f"Training stopped ({detail}); run the same command again to resume from the latest checkpoint.",
-            )
+        self.status.write(
+            status="FAILURE",
+            message=f"Training stopped ({detail}); run the same command again to resume from the latest checkpoint.",
+            epoch=trainer.current_epoch,
+            step=trainer.global_step,
+        )

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ddetr.errors import CheckpointError, SpecError
+from ddetr.errors import CheckpointError, Interrupted, SpecError
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,22 @@ def _summary(result: dict[str, Any]) -> None:
     Console(stderr=True).print(table)
 
 
+def _interrupted(exc: SystemExit, train_dir: Path, step: int) -> Interrupted:
+    """The error for a fit stopped by SIGTERM (exit 143) or Ctrl-C (exit 130), naming what to resume from."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from ddetr.engine.callbacks import latest_checkpoint
+
+    sigterm = isinstance(exc, SIGTERMException)
+    latest = latest_checkpoint(train_dir)
+    where = f"; latest checkpoint {latest.resolve()}" if latest is not None else "; no checkpoint was saved"
+    return Interrupted(
+        f"training interrupted by {'SIGTERM' if sigterm else 'Ctrl-C'} at step {step}{where}; "
+        "run the same command again to resume",
+        143 if sigterm else 130,
+    )
+
+
 def run(spec: Any) -> dict[str, Any]:
     """Train as the spec says; returns the final metrics and the latest checkpoint path."""
     import lightning.pytorch as pl
@@ -125,7 +141,14 @@ def run(spec: Any) -> dict[str, Any]:
             # experiment.yaml and status.json live beside the checkpoints by design
             warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs newer torch, harmless
-            trainer.fit(module, datamodule=data, ckpt_path=resume)
+            # resuming an interrupt checkpoint: the rest of that epoch draws a fresh shuffle, which is fine
+            warnings.filterwarnings(
+                "ignore", message=".*resuming from a checkpoint that ended before the epoch.*"
+            )
+            try:
+                trainer.fit(module, datamodule=data, ckpt_path=resume)
+            except SystemExit as exc:  # Lightning ends SIGTERM and Ctrl-C with SystemExit, after on_exception
+                raise _interrupted(exc, train_dir, trainer.global_step) from None
         if spec.train.is_dry_run:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         result: dict[str, Any] = {
@@ -142,6 +165,8 @@ def run(spec: Any) -> dict[str, Any]:
             _summary(result)
             status.write(status="SUCCESS", message="Training finished.", kpi=dict(module.last_val_metrics))
         return result
+    except Interrupted:
+        raise  # status.json already has the FAILURE line (StatusCallback.on_exception)
     except Exception as exc:
         status.write(status="FAILURE", message=f"{type(exc).__name__}: {exc}")
         raise
