@@ -43,7 +43,7 @@ _HELP = {
     "gen_trt_engine": "build a TensorRT engine from an ONNX file",
     "default_specs": "write commented spec templates into results_dir",
     "automl": "hyperparameter search",
-    "dataset": "check or convert a dataset",
+    "dataset": "check the data sources of the spec (report, plot)",
 }
 
 
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("input", metavar="INPUT", help="checkpoint file, or a Hugging Face model folder")
     weights.add_argument("output", metavar="OUTPUT.pth", help="ddetr checkpoint to write")
     weights.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from ddetr.tasks.convert import add_arguments as add_convert_arguments
+
+    add_convert_arguments(sub.add_parser("convert", help="convert VOC / KITTI / YOLO labels to a COCO json"))
     return parser
 
 
@@ -177,10 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help and --version
             return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USER_ERROR
         setup_logging(getattr(args, "verbose", False))
+        if args.action in ("import_weights", "convert") and extra:
+            raise SpecError(f"ddetr {args.action}: unrecognized arguments: {' '.join(extra)}")
         if args.action == "import_weights":
-            if extra:
-                raise SpecError(f"ddetr import_weights: unrecognized arguments: {' '.join(extra)}")
             return _run_import_weights(args)
+        if args.action == "convert":
+            from ddetr.tasks.convert import main as convert_main
+
+            return convert_main(args)
         args.overrides = extra
         return _run_spec_action(args)
     except DdetrError as exc:

@@ -8,7 +8,6 @@ new ids, that :class:`ddetr.eval.coco.CocoEvaluator` scores against.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,10 +15,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ddetr.data.annotations import (
+    DECODE_ERRORS,
+    bad_category_ids,
+    clip_box,
+    image_size,
+    read_coco_json,
+)
 from ddetr.data.sources import resolve_file, resolve_image_dir
 from ddetr.data.transforms import ToModelInput, to_bounding_boxes
 from ddetr.errors import DataError
@@ -29,7 +35,6 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _MAX_LISTED = 5
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, UnidentifiedImageError)
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -63,41 +68,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _fail(json_file: str, what: str) -> DataError:
-    return DataError(f"Annotation file '{json_file}' is not COCO detection json: {what}.")
-
-
-def read_coco_json(json_file: str, local: Path) -> dict[str, Any]:
-    """Load and structurally check a COCO json (``images``, ``annotations``, ``categories``)."""
-    try:
-        with open(local, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _fail(json_file, f"invalid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise _fail(json_file, f"top level is a {type(data).__name__}, expected an object")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise _fail(json_file, f"missing list '{key}'")
-    for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
-            raise _fail(json_file, f"images[{i}] has no 'id' or 'file_name'")
-    for i, ann in enumerate(data["annotations"]):
-        missing = [
-            k for k in ("image_id", "bbox", "category_id") if not isinstance(ann, dict) or k not in ann
-        ]
-        if missing:
-            raise _fail(json_file, f"annotations[{i}] has no {', '.join(repr(m) for m in missing)}")
-        if not (isinstance(ann["bbox"], list) and len(ann["bbox"]) == 4):
-            raise _fail(json_file, f"annotations[{i}] bbox is not [x, y, w, h]")
-    for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or "id" not in cat:
-            raise _fail(json_file, f"categories[{i}] has no 'id'")
-    return data
-
-
 def _check_category_ids(json_file: str, data: dict[str, Any], num_classes: int) -> None:
-    ids = [int(c["id"]) for c in data["categories"]] + [int(a["category_id"]) for a in data["annotations"]]
+    ids = bad_category_ids(data, num_classes)
     if not ids:
         return
     if min(ids) < 0:
@@ -113,14 +85,7 @@ def _image_size(rec: dict[str, Any], path: Path) -> tuple[int, int] | None:
     """(height, width) from the json, else from the file header; None if unreadable."""
     if rec.get("width") and rec.get("height"):
         return int(rec["height"]), int(rec["width"])
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap the sides
-                w, h = h, w
-        return h, w
-    except _DECODE_ERRORS:
-        return None
+    return image_size(path)
 
 
 class CocoDetection(Dataset):
@@ -212,16 +177,12 @@ class CocoDetection(Dataset):
             self._origin[new_id] = (index, own_id)
             boxes, labels, crowd = [], [], []
             for ann in by_image.get(own_id, []):
-                x, y, bw, bh = (float(v) for v in ann["bbox"])
-                if bw <= 0 or bh <= 0:
+                corners, clipped = clip_box(ann["bbox"], w, h)
+                n_clipped += clipped
+                if corners is None:
                     n_dropped += 1
                     continue
-                x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + bw, float(w)), min(y + bh, float(h))
-                if (x1, y1, x2, y2) != (x, y, x + bw, y + bh):
-                    n_clipped += 1
-                if x2 <= x1 or y2 <= y1:
-                    n_dropped += 1
-                    continue
+                x1, y1, x2, y2 = corners
                 is_crowd = int(ann.get("iscrowd", 0) or 0)
                 n_crowd += is_crowd
                 n_boxes += 1
@@ -274,7 +235,7 @@ class CocoDetection(Dataset):
             rec = self.records[(idx + attempt) % len(self.records)]
             try:
                 image = load_image(rec["path"])
-            except _DECODE_ERRORS as exc:
+            except DECODE_ERRORS as exc:
                 logger.warning("Skipping unreadable image %s: %s", rec["path"], exc)
                 continue
             return self._sample(rec, image)

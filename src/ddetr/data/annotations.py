@@ -1,0 +1,100 @@
+"""COCO annotation helpers that need neither torch nor a dataset: parsing, image size, box clipping, ids.
+
+Shared by the training dataset (:mod:`ddetr.data.coco`), the label converters (:mod:`ddetr.data.formats`)
+and ``ddetr dataset``'s checks, so that all three apply the same rules; importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from ddetr.errors import DataError
+
+__all__ = ["DECODE_ERRORS", "bad_category_ids", "clip_box", "image_size", "read_coco_json"]
+
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, UnidentifiedImageError)
+"""What PIL raises on a corrupt, truncated or foreign file."""
+
+
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """(height, width) in pixels as displayed (EXIF rotation applied), read from the file header only.
+
+    Returns:
+        None when the file cannot be opened as an image.
+    """
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap the sides
+                w, h = h, w
+        return h, w
+    except DECODE_ERRORS:
+        return None
+
+
+def clip_box(
+    bbox: Sequence[float], width: float, height: float
+) -> tuple[tuple[float, float, float, float] | None, bool]:
+    """Clip a COCO box to the image.
+
+    Args:
+        bbox: ``[x, y, w, h]`` in pixels (top-left corner, width, height).
+        width, height: the image size in pixels.
+
+    Returns:
+        ``((x1, y1, x2, y2), clipped)``: the corners inside the image and whether clipping moved any of them;
+        ``(None, clipped)`` when nothing is left (``w`` or ``h`` <= 0, or the box lies outside the image).
+    """
+    x, y, bw, bh = (float(v) for v in bbox)
+    if bw <= 0 or bh <= 0:
+        return None, False
+    x1, y1 = max(x, 0.0), max(y, 0.0)
+    x2, y2 = min(x + bw, float(width)), min(y + bh, float(height))
+    clipped = (x1, y1, x2, y2) != (x, y, x + bw, y + bh)
+    if x2 <= x1 or y2 <= y1:
+        return None, clipped
+    return (x1, y1, x2, y2), clipped
+
+
+def bad_category_ids(data: dict[str, Any], num_classes: int) -> list[int]:
+    """Sorted distinct category ids (declared or used) outside ``0 .. num_classes - 1``."""
+    ids = {int(c["id"]) for c in data["categories"]} | {int(a["category_id"]) for a in data["annotations"]}
+    return sorted(i for i in ids if i < 0 or i >= num_classes)
+
+
+def _fail(json_file: str, what: str) -> DataError:
+    return DataError(f"Annotation file '{json_file}' is not COCO detection json: {what}.")
+
+
+def read_coco_json(json_file: str, local: Path) -> dict[str, Any]:
+    """Load and structurally check a COCO json (``images``, ``annotations``, ``categories``)."""
+    try:
+        with open(local, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _fail(json_file, f"invalid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise _fail(json_file, f"top level is a {type(data).__name__}, expected an object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise _fail(json_file, f"missing list '{key}'")
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
+            raise _fail(json_file, f"images[{i}] has no 'id' or 'file_name'")
+    for i, ann in enumerate(data["annotations"]):
+        missing = [
+            k for k in ("image_id", "bbox", "category_id") if not isinstance(ann, dict) or k not in ann
+        ]
+        if missing:
+            raise _fail(json_file, f"annotations[{i}] has no {', '.join(repr(m) for m in missing)}")
+        if not (isinstance(ann["bbox"], list) and len(ann["bbox"]) == 4):
+            raise _fail(json_file, f"annotations[{i}] bbox is not [x, y, w, h]")
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or "id" not in cat:
+            raise _fail(json_file, f"categories[{i}] has no 'id'")
+    return data
