@@ -236,3 +236,47 @@ def test_unsafe_pickle_is_refused(tmp_path):
     torch.save({"format": "ddetr", "payload": os.environ.__class__}, path)
     with pytest.raises(CheckpointError, match="weights_only=True"):
         load_checkpoint(path)
+
+
+# --------------------------------------------------------------------------- encryption_key
+
+
+def test_encrypted_checkpoint_round_trip_and_key_errors(tmp_path, tiny_model):
+    import io
+    import pickle
+
+    state = tiny_model.state_dict()
+    path = save_checkpoint(
+        tmp_path / "enc.pth",
+        state_dict=state,
+        model=tiny_section(),
+        num_classes=NUM_CLASSES,
+        class_names=CLASS_NAMES,
+        encryption_key="s3cret",
+    )
+    data = path.read_bytes()
+    assert data.startswith(b"DDETRENC")
+    with pytest.raises(
+        pickle.UnpicklingError
+    ):  # the bytes on disk really are encrypted: torch cannot read them
+        torch.load(io.BytesIO(data), weights_only=True)
+
+    model, info = build_model_from_checkpoint(path, encryption_key="s3cret")
+    assert info.class_names == CLASS_NAMES
+    for key, value in state.items():
+        torch.testing.assert_close(model.state_dict()[key], value, atol=0, rtol=0)
+
+    with pytest.raises(CheckpointError, match="is encrypted; set encryption_key"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not match") as err:
+        load_checkpoint(path, encryption_key="guess")
+    assert "guess" not in str(err.value) and "s3cret" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc.pth"]
+
+
+def test_plain_checkpoint_loads_with_a_key(tmp_path):
+    state = {"a.weight": torch.randn(3, 2)}
+    path = save_checkpoint(tmp_path / "plain.pth", state_dict=state, model=tiny_section(), num_classes=2)
+    assert torch.load(path, weights_only=True)["num_classes"] == 2  # plain when no key is given
+    info = load_checkpoint(path, encryption_key="any key")
+    torch.testing.assert_close(info.state_dict["a.weight"], state["a.weight"])

@@ -12,10 +12,13 @@ keys carry a ``model.`` prefix and our metadata sits under ``checkpoint["ddetr"]
 
 Everything is read with ``torch.load(weights_only=True)`` and written atomically (temporary file in
 the same folder, then ``os.replace``), so a crash never leaves a truncated file under the final name.
+With an ``encryption_key`` files are written encrypted (:mod:`ddetr.crypto`); encrypted files need the
+key to be read, plain ones are read whatever the key.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Mapping
@@ -27,6 +30,7 @@ import torch
 from pydantic import ValidationError
 
 from ddetr import __version__
+from ddetr.crypto import is_encrypted, read_bytes, write_bytes_atomic
 from ddetr.errors import CheckpointError
 from ddetr.fileio import atomic_open
 from ddetr.spec.sections import ModelSection
@@ -73,12 +77,13 @@ def short_list(items: list[str]) -> str:
     return f"{shown} (+{more} more)" if more > 0 else shown
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str], encryption_key: str | None = None) -> Path:
     """``torch.save`` to a temporary file next to ``path``, then rename it into place.
 
     Args:
         obj: anything ``torch.save`` accepts.
         path: final file name; its folder is created if missing.
+        encryption_key: when non-empty, the file is written encrypted with it (:mod:`ddetr.crypto`).
 
     Returns:
         The final path.
@@ -89,6 +94,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    if encryption_key:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        return write_bytes_atomic(final, buffer.getbuffer(), encryption_key)
     with atomic_open(final, "wb") as handle:
         torch.save(obj, handle)
     return final
@@ -118,6 +127,7 @@ def save_checkpoint(
     class_names: list[str] | None = None,
     spec: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    encryption_key: str | None = None,
 ) -> Path:
     """Write a self-describing ddetr checkpoint atomically.
 
@@ -129,6 +139,7 @@ def save_checkpoint(
         class_names: name of each logit index, if known.
         spec: the resolved experiment spec (plain dict), if any.
         extra: more top-level entries (e.g. ``{"source": "hf"}``); must not reuse reserved names.
+        encryption_key: when non-empty, the file is written encrypted with it.
 
     Returns:
         The path written.
@@ -157,14 +168,16 @@ def save_checkpoint(
     if clash:
         raise CheckpointError(f"{path}: extra entries may not replace reserved keys {clash}")
     payload.update(extra or {})
-    written = atomic_torch_save(payload, path)
+    written = atomic_torch_save(payload, path, encryption_key)
     logger.debug("wrote checkpoint %s (%d tensors)", written, len(payload["state_dict"]))
     return written
 
 
-def _torch_load(path: Path, map_location: str | torch.device) -> Any:
+def _torch_load(path: Path, map_location: str | torch.device, encryption_key: str | None = None) -> Any:
+    # an encrypted file is decrypted in memory first (CheckpointError for a missing or wrong key)
+    source: Path | io.BytesIO = io.BytesIO(read_bytes(path, encryption_key)) if is_encrypted(path) else path
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(source, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
@@ -210,24 +223,30 @@ def _lightning_state_dict(path: Path, state_dict: Mapping[str, Any]) -> dict[str
     return ours
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> CheckpointInfo:
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
+    encryption_key: str | None = None,
+) -> CheckpointInfo:
     """Read a ddetr checkpoint, or a Lightning checkpoint written by the ddetr trainer.
 
     Args:
         path: the ``.pth`` / ``.ckpt`` file.
         map_location: device for the tensors.
+        encryption_key: the key an encrypted checkpoint was written with (plain files ignore it).
 
     Returns:
         A :class:`CheckpointInfo` whose ``state_dict`` is keyed as the model's (no ``model.`` prefix).
 
     Raises:
-        CheckpointError: missing file, not a PyTorch file, unsafe pickle content, or no ddetr metadata.
+        CheckpointError: missing file, not a PyTorch file, unsafe pickle content, no ddetr metadata, or an
+            encrypted file with no key or the wrong key.
     """
     file = Path(path)
     if not file.is_file():
         what = "a folder" if file.is_dir() else "nothing"
         raise CheckpointError(f"{file}: checkpoint file not found (found {what} at that path)")
-    raw = _torch_load(file, map_location)
+    raw = _torch_load(file, map_location, encryption_key)
     if not isinstance(raw, dict):
         raise CheckpointError(
             f"{file}: not a ddetr checkpoint (found a {type(raw).__name__}, expected a dict)"
@@ -316,13 +335,16 @@ def load_into_model(model: torch.nn.Module, state_dict: Mapping[str, torch.Tenso
 
 
 def build_model_from_checkpoint(
-    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+    path: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
+    encryption_key: str | None = None,
 ) -> tuple[DeformableDETR, CheckpointInfo]:
     """Build the model a checkpoint describes and load its weights strictly.
 
     Args:
         path: a ddetr or ddetr-Lightning checkpoint.
         map_location: device for the tensors (the model is built on CPU, then holds these tensors).
+        encryption_key: the key an encrypted checkpoint was written with (plain files ignore it).
 
     Returns:
         ``(model, info)`` with the model in eval mode.
@@ -333,7 +355,7 @@ def build_model_from_checkpoint(
     """
     from ddetr.model.detector import DeformableDETR
 
-    info = load_checkpoint(path, map_location=map_location)
+    info = load_checkpoint(path, map_location=map_location, encryption_key=encryption_key)
     # the checkpoint holds the whole model: never re-read the backbone-only file it was initialised from
     # and run batch norm frozen (folded into the convolutions): in eval mode it equals a live one
     architecture = info.model.model_copy(update={"pretrained_backbone_path": "", "freeze_backbone_bn": True})

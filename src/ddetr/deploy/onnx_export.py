@@ -4,7 +4,8 @@ The file has one input ``inputs`` (B, 3, H, W) float32 (normalised RGB, fixed H 
 ``pred_logits`` (B, Q, C) raw logits and ``pred_boxes`` (B, Q, 4) normalised (cx, cy, w, h). B is fixed or
 dynamic (``batch_size: -1``). The metadata entry ``ddetr`` (JSON, :func:`read_metadata`) holds what a runtime
 needs without a spec: class names, num_classes, num_queries, input size, mean/std, the model section and
-whether the attention is the TensorRT plugin node.
+whether the attention is the TensorRT plugin node. With an ``encryption_key`` the file is written encrypted
+(:mod:`ddetr.crypto`); :func:`read_metadata` and the ONNX Runtime predictor decrypt it in memory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ddetr.crypto import is_encrypted, read_bytes, write_bytes_atomic
 from ddetr.errors import CheckpointError, SpecError
 from ddetr.runtime.base import IMAGENET_MEAN, IMAGENET_STD
 
@@ -100,6 +102,7 @@ def export_onnx(
     opset_version: int = DEFAULT_OPSET,
     on_cpu: bool = True,
     verbose: bool = False,
+    encryption_key: str | None = None,
 ) -> ExportResult:
     """Export a checkpoint to ONNX, check it, and move it into place atomically.
 
@@ -112,6 +115,7 @@ def export_onnx(
         on_cpu: True: standard ONNX ops only (GridSample). False: the attention is TensorRT's
             ``MultiscaleDeformableAttnPlugin_TRT`` node (ONNX Runtime cannot run such a file).
         verbose: log the exporter's graph.
+        encryption_key: reads an encrypted checkpoint, and when non-empty the ONNX file is written encrypted.
 
     Returns:
         The written path and its metadata.
@@ -127,7 +131,7 @@ def export_onnx(
     ckpt = Path(checkpoint)
     if not ckpt.is_file():
         raise CheckpointError(f"export.checkpoint: {ckpt} does not exist (or is not a file).")
-    model, info = build_model_from_checkpoint(ckpt)
+    model, info = build_model_from_checkpoint(ckpt, encryption_key=encryption_key)
     if info.raw.get("quantization"):
         raise CheckpointError(
             f"export.checkpoint: {ckpt} is a quantized ({info.raw['quantization'].get('backend')}) checkpoint; "
@@ -172,12 +176,15 @@ def export_onnx(
         set_metadata(proto, metadata)
         proto.doc_string = f"ddetr Deformable DETR exported from {ckpt.name}"
         onnx.checker.check_model(proto)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, out)
+        if encryption_key:
+            write_bytes_atomic(out, proto.SerializeToString(), encryption_key)
+        else:
+            onnx.save(proto, str(tmp))
+            os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     logger.info(
-        "Exported %s -> %s (%dx%d, batch %s, opset %d, %s attention).",
+        "Exported %s -> %s (%dx%d, batch %s, opset %d, %s attention%s).",
         ckpt,
         out,
         width,
@@ -185,6 +192,7 @@ def export_onnx(
         "dynamic" if batch_size == -1 else batch_size,
         opset_version,
         "standard-op" if on_cpu else "TensorRT-plugin",
+        ", encrypted" if encryption_key else "",
     )
     return ExportResult(out, metadata)
 
@@ -212,17 +220,31 @@ def metadata_from_proto(proto: Any) -> dict[str, Any] | None:
     return None
 
 
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``ddetr`` metadata of an ONNX file (weights are not read).
+def read_metadata(
+    path: str | os.PathLike[str], encryption_key: str | None = None, *, data: bytes | None = None
+) -> dict[str, Any]:
+    """The ``ddetr`` metadata of an ONNX file (external weights are not read).
+
+    Args:
+        path: the ``.onnx`` file, plain or encrypted.
+        encryption_key: the key an encrypted file was written with (plain files ignore it).
+        data: the file's plaintext bytes when the caller already has them (``path`` is then only named).
 
     Raises:
-        CheckpointError: the file is not ONNX, or is an ONNX model that ddetr did not export.
+        CheckpointError: the file is not ONNX, is an ONNX model that ddetr did not export, or is encrypted and
+            the key is missing or wrong.
     """
     import onnx
     from google.protobuf.message import DecodeError
 
+    if data is None and is_encrypted(path):
+        data = read_bytes(path, encryption_key)
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = (
+            onnx.load_model_from_string(data)
+            if data is not None
+            else onnx.load(str(path), load_external_data=False)
+        )
     except (DecodeError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable ONNX file ({type(exc).__name__}).") from None
     meta = metadata_from_proto(proto)

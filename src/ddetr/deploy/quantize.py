@@ -136,12 +136,17 @@ def _require_calibration(source: Any) -> None:
         )
 
 
-def onnx_input(plan: QuantizePlan, export_section: Any, work: Path) -> Path:
-    """The float ONNX file to quantize: model_path itself, or a standard-op export of the checkpoint."""
+def onnx_input(
+    plan: QuantizePlan, export_section: Any, work: Path, encryption_key: str | None = None
+) -> Path:
+    """The float ONNX file to quantize: model_path itself, or a standard-op export of the checkpoint.
+
+    With ``encryption_key`` the export is written encrypted (it is kept beside the quantized file).
+    """
     from ddetr.deploy.onnx_export import export_onnx, read_metadata
 
     if plan.model_path.suffix.lower() == ".onnx":
-        meta = read_metadata(plan.model_path)
+        meta = read_metadata(plan.model_path, encryption_key)
         if meta.get("trt_plugin"):
             raise CheckpointError(
                 f"quantize.model_path: {plan.model_path} holds the TensorRT attention plugin; re-export with "
@@ -151,24 +156,30 @@ def onnx_input(plan: QuantizePlan, export_section: Any, work: Path) -> Path:
             raise CheckpointError(f"quantize.model_path: {plan.model_path} is already quantized.")
         return plan.model_path
     size = (export_section.input_width, export_section.input_height)
-    return export_onnx(plan.model_path, work / "float.onnx", input_size=size, batch_size=-1).onnx_file
+    return export_onnx(
+        plan.model_path, work / "float.onnx", input_size=size, batch_size=-1, encryption_key=encryption_key
+    ).onnx_file
 
 
 def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
     """Run the plan; returns ``{"output", "float_model", "quantization"}`` (paths as str)."""
+    from ddetr.crypto import encrypt_file_in_place, plain_copy
     from ddetr.deploy.evaluation import calibration_batches, list_calibration_images
 
+    key = spec.encryption_key or None
     if plan.backend == "torchao":
         from ddetr.deploy.quantize_torchao import quantize_checkpoint_torchao
 
-        _, note = quantize_checkpoint_torchao(plan.model_path, plan.output, spec.quantize.skip_names)
+        _, note = quantize_checkpoint_torchao(plan.model_path, plan.output, spec.quantize.skip_names, key)
         return {"output": str(plan.output), "float_model": str(plan.model_path), "quantization": note}
 
     from ddetr.deploy.onnx_export import read_metadata
 
     with tempfile.TemporaryDirectory(dir=plan.output.parent, prefix=".quantize.") as tmp:
-        float_onnx = onnx_input(plan, spec.export, Path(tmp))
-        meta = read_metadata(float_onnx)
+        float_onnx = onnx_input(plan, spec.export, Path(tmp), key)
+        # the quantizers read paths: an encrypted input is decrypted into this temporary folder
+        plain_onnx = plain_copy(float_onnx, key, Path(tmp) / "plain")
+        meta = read_metadata(plain_onnx)
         source = spec.dataset.quant_calibration_data_sources
         paths = list_calibration_images(source.image_dir, source.json_file)
         batch = int(plan.options["calibration_batch_size"])
@@ -190,15 +201,17 @@ def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
             from ddetr.deploy.quantize_onnx import quantize_onnx_static
 
             note = quantize_onnx_static(
-                float_onnx,
+                plain_onnx,
                 plan.output,
                 batches,
                 keep_float=keep_float,
                 calibrate_method=spec.quantize.algorithm,
                 activation_type=plan.options["activation_type"],
+                encryption_key=key,
             )
         else:
-            note = _quantize_modelopt_onnx(float_onnx, plan.output, batches, meta, keep_float)
+            note = _quantize_modelopt_onnx(plain_onnx, plan.output, batches, meta, keep_float)
+            encrypt_file_in_place(plan.output, key)
         float_model = plan.model_path
         if float_onnx != plan.model_path:  # keep the float export beside the quantized file, for the report
             float_model = plan.output.with_name(f"{plan.model_path.stem}_fp32.onnx")

@@ -72,6 +72,7 @@ def quantize_onnx_static(
     calibrate_method: str = "minmax",
     per_channel: bool = True,
     activation_type: str = "uint8",
+    encryption_key: str | None = None,
 ) -> dict[str, Any]:
     """Quantize ``onnx_in`` to QDQ INT8 and write ``onnx_out`` atomically (metadata copied, quantization noted).
 
@@ -84,6 +85,8 @@ def quantize_onnx_static(
         per_channel: per-output-channel weight scales.
         activation_type: ``uint8`` (U8S8, ONNX Runtime's fast path on x86: about 2x faster than ``int8`` S8S8 in bench/deploy_cpu.py
             here) or ``int8``.
+        encryption_key: when non-empty, ``onnx_out`` is written encrypted (``onnx_in`` must be a plain file:
+            ONNX Runtime's quantizer reads paths).
 
     Returns:
         The ``quantization`` entry written into the metadata.
@@ -147,7 +150,12 @@ def quantize_onnx_static(
             "excluded_nodes": len(excluded),
         }
         set_metadata(quantized, {**meta, "quantization": note})
-        onnx.save(quantized, str(tmp))
-        os.replace(tmp, out)
+        if encryption_key:
+            from ddetr.crypto import write_bytes_atomic
+
+            write_bytes_atomic(out, quantized.SerializeToString(), encryption_key)
+        else:
+            onnx.save(quantized, str(tmp))
+            os.replace(tmp, out)
     logger.info("Quantized %s -> %s (%d nodes kept float by name).", onnx_in, out, len(excluded))
     return note

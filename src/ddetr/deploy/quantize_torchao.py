@@ -67,16 +67,21 @@ def apply_int8_weight_only(model: nn.Module, skip_names: Sequence[str] = ()) -> 
 
 
 def quantize_checkpoint_torchao(
-    checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], skip_names: Sequence[str] = ()
+    checkpoint: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    skip_names: Sequence[str] = (),
+    encryption_key: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Write an int8 weight-only copy of ``checkpoint`` to ``out`` (atomically).
+
+    ``encryption_key`` reads an encrypted checkpoint and, when non-empty, encrypts ``out``.
 
     Returns:
         The quantized model (eval mode) and the ``quantization`` entry written into the checkpoint.
     """
     from ddetr.checkpoint import build_model_from_checkpoint, save_checkpoint
 
-    model, info = build_model_from_checkpoint(checkpoint)
+    model, info = build_model_from_checkpoint(checkpoint, encryption_key=encryption_key)
     if info.raw.get("quantization"):
         raise CheckpointError(f"quantize.model_path: {checkpoint} is already quantized.")
     names = apply_int8_weight_only(model, skip_names)
@@ -90,13 +95,18 @@ def quantize_checkpoint_torchao(
         class_names=info.class_names,
         spec=info.spec,
         extra={"quantization": note},
+        encryption_key=encryption_key,
     )
     logger.info("torchao int8 weight-only: %d linear layers quantized -> %s", len(names), out)
     return model.eval(), note
 
 
-def load_quantized_model(path: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
+def load_quantized_model(
+    path: str | os.PathLike[str], encryption_key: str | None = None
+) -> tuple[nn.Module, Any]:
     """Build the model a torchao-quantized checkpoint describes and load its int8 weights.
+
+    ``encryption_key`` reads an encrypted checkpoint (plain ones ignore it).
 
     Returns:
         ``(model, CheckpointInfo)``, model in eval mode.
@@ -107,7 +117,7 @@ def load_quantized_model(path: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
     from ddetr.checkpoint import load_checkpoint, load_into_model
     from ddetr.model.detector import DeformableDETR
 
-    info = load_checkpoint(Path(path))
+    info = load_checkpoint(Path(path), encryption_key=encryption_key)
     note = info.raw.get("quantization") or {}
     if note.get("backend") != "torchao" or note.get("recipe") != RECIPE:
         raise CheckpointError(

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ddetr.crypto import read_bytes, write_bytes_atomic
 from ddetr.errors import DataError, SpecError, UnavailableError
 
 logger = logging.getLogger(__name__)
@@ -276,8 +277,11 @@ def make_calibrator(trt: Any, batches: Iterator[np.ndarray], batch_size: int, ca
     return _Calibrator()
 
 
-def build_engine(settings: TrtBuildSettings, meta: dict[str, Any]) -> Path:
+def build_engine(settings: TrtBuildSettings, meta: dict[str, Any], encryption_key: str | None = None) -> Path:
     """Parse the ONNX file and build a serialized engine (TensorRT 10 API), written atomically with its sidecar.
+
+    With ``encryption_key`` an encrypted ONNX file is decrypted in memory and the engine is written encrypted
+    (the sidecar stays plain JSON: class names, sizes, build settings).
 
     Raises:
         UnavailableError: no TensorRT or no GPU. DataError: too few calibration images.
@@ -290,7 +294,7 @@ def build_engine(settings: TrtBuildSettings, meta: dict[str, Any]) -> Path:
     builder = trt.Builder(trt_logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, trt_logger)
-    if not parser.parse_from_file(settings.onnx_file):
+    if not parser.parse(read_bytes(settings.onnx_file, encryption_key), settings.onnx_file):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise SpecError(f"gen_trt_engine.onnx_file: TensorRT cannot parse {settings.onnx_file}: {errors[:1]}")
     config = builder.create_builder_config()
@@ -322,9 +326,7 @@ def build_engine(settings: TrtBuildSettings, meta: dict[str, Any]) -> Path:
         )
     engine = Path(settings.engine_file)
     engine.parent.mkdir(parents=True, exist_ok=True)
-    tmp = engine.with_name(f".{engine.name}.tmp{os.getpid()}")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, engine)
+    write_bytes_atomic(engine, bytes(serialized), encryption_key)
     if settings.timing_cache:
         cache_tmp = Path(f"{settings.timing_cache}.tmp{os.getpid()}")
         cache_tmp.write_bytes(bytes(config.get_timing_cache().serialize()))

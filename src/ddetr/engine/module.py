@@ -174,12 +174,15 @@ class DetectionModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------- checkpoints
     def checkpoint_metadata(self) -> dict[str, Any]:
-        """What makes a checkpoint self-describing: architecture, classes and the spec."""
+        """What makes a checkpoint self-describing: architecture, classes and the spec (without its key)."""
+        spec = self.spec.model_dump(mode="json") if hasattr(self.spec, "model_dump") else None
+        if spec is not None and spec.get("encryption_key"):
+            spec["encryption_key"] = ""  # the key never travels inside a file
         return {
             "model": self.model.model_config.model_dump(mode="json"),
             "num_classes": int(self.model.num_classes),
             "class_names": list(self.class_names),
-            "spec": self.spec.model_dump(mode="json") if hasattr(self.spec, "model_dump") else None,
+            "spec": spec,
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

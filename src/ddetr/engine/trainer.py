@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ddetr.engine.callbacks import StatusCallback, TaoCheckpoint
+from ddetr.engine.checkpoint_io import EncryptedCheckpointIO
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,10 @@ def plan_devices(train: Any, cuda_available: bool | None = None) -> DevicePlan:
 def build_trainer(
     spec: Any, train_dir: Path, status: Any, plan: DevicePlan, *, steps_per_epoch: int
 ) -> pl.Trainer:
-    """A Trainer writing checkpoints and TensorBoard logs under ``train_dir`` and progress to ``status``."""
+    """A Trainer writing checkpoints and TensorBoard logs under ``train_dir`` and progress to ``status``.
+
+    Checkpoints are encrypted with ``spec.encryption_key`` when it is set (:class:`EncryptedCheckpointIO`).
+    """
     train = spec.train
     if (
         logging.getLogger().handlers
@@ -118,6 +122,7 @@ def build_trainer(
             default_root_dir=str(train_dir),
             logger=TensorBoardLogger(str(train_dir), name="tensorboard", version=""),
             callbacks=callbacks,
+            plugins=[EncryptedCheckpointIO(getattr(spec, "encryption_key", "") or None)],
             gradient_clip_val=train.clip_grad_norm if train.clip_grad_norm > 0 else None,
             gradient_clip_algorithm="norm",
             check_val_every_n_epoch=train.validation_interval,

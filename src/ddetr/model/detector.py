@@ -224,8 +224,10 @@ class DeformableDETR(nn.Module):
         )
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> DeformableDETR:
+    def from_checkpoint(cls, path: str | Path, encryption_key: str | None = None) -> DeformableDETR:
         """Rebuild the architecture and weights from a ddetr checkpoint alone (class names included).
+
+        ``encryption_key`` is the key an encrypted checkpoint was written with (plain files ignore it).
 
         Example:
             >>> model = DeformableDETR.from_checkpoint("results/train/dd_model_latest.pth")  # doctest: +SKIP
@@ -233,7 +235,7 @@ class DeformableDETR(nn.Module):
         """
         from ddetr.model.predict import load_for_inference
 
-        return load_for_inference(path)
+        return load_for_inference(path, encryption_key)
 
     def predict(
         self, images: Any, *, conf_threshold: float = 0.5, num_select: int | None = None

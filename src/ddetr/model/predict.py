@@ -60,11 +60,14 @@ class InputConfig:
         )
 
 
-def load_for_inference(path: str | Path) -> DeformableDETR:
-    """Build a model from a checkpoint, remembering its class names and input preparation."""
+def load_for_inference(path: str | Path, encryption_key: str | None = None) -> DeformableDETR:
+    """Build a model from a checkpoint, remembering its class names and input preparation.
+
+    ``encryption_key`` reads an encrypted checkpoint (plain ones ignore it).
+    """
     from ddetr.checkpoint import build_model_from_checkpoint
 
-    model, info = build_model_from_checkpoint(path)
+    model, info = build_model_from_checkpoint(path, encryption_key=encryption_key)
     model.class_names = list(info.class_names or [])
     model.input_config = InputConfig.from_spec(info.spec)
     return model

@@ -40,23 +40,32 @@ class OnnxPredictor(Predictor):
         path: the ``.onnx`` file.
         threads: intra-op threads (0: ONNX Runtime's default, all cores).
         providers: ONNX Runtime execution providers; default CPU.
+        encryption_key: the key an encrypted file was written with; it is decrypted in memory and the
+            session is built from the bytes (plain files ignore the key).
 
     Raises:
-        CheckpointError: not an ONNX file or not a ddetr export.
+        CheckpointError: not an ONNX file or not a ddetr export; encrypted with no key or the wrong key.
         UnavailableError: the file holds the TensorRT attention plugin (export with ``on_cpu: true``).
     """
 
     backend = "onnxruntime"
 
     def __init__(
-        self, path: str | os.PathLike[str], threads: int = 0, providers: list[str] | None = None
+        self,
+        path: str | os.PathLike[str],
+        threads: int = 0,
+        providers: list[str] | None = None,
+        encryption_key: str | None = None,
     ) -> None:
         import onnxruntime as ort
 
+        from ddetr.crypto import is_encrypted, read_bytes
         from ddetr.deploy.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_metadata
 
         self.path = str(path)
-        self.metadata = read_metadata(path)
+        # an encrypted file is decrypted once, in memory; the plaintext never touches the disk
+        model: str | bytes = read_bytes(path, encryption_key) if is_encrypted(path) else self.path
+        self.metadata = read_metadata(path, data=model if isinstance(model, bytes) else None)
         if self.metadata.get("trt_plugin"):
             raise UnavailableError(
                 f"{path}: exported for TensorRT (attention plugin node, export.on_cpu=false); ONNX Runtime cannot "
@@ -71,7 +80,7 @@ class OnnxPredictor(Predictor):
             options.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(
-                self.path, sess_options=options, providers=providers or ["CPUExecutionProvider"]
+                model, sess_options=options, providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types, all unrelated to ours
             raise CheckpointError(

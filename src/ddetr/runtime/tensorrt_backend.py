@@ -23,6 +23,7 @@ class TensorRTPredictor(Predictor):
     Args:
         path: the engine file (``.engine`` / ``.trt`` / ``.plan``).
         device: CUDA device index.
+        encryption_key: the key an encrypted engine was written with (plain files ignore it).
 
     Raises:
         UnavailableError: TensorRT or a GPU is missing (checked before the file is read).
@@ -31,7 +32,10 @@ class TensorRTPredictor(Predictor):
 
     backend = "tensorrt"
 
-    def __init__(self, path: str | os.PathLike[str], device: int = 0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], device: int = 0, encryption_key: str | None = None
+    ) -> None:
+        from ddetr.crypto import read_bytes
         from ddetr.deploy.tensorrt import load_plugin_libraries, read_sidecar, require_tensorrt
         from ddetr.runtime.onnx_backend import model_info_from_metadata
 
@@ -44,8 +48,7 @@ class TensorRTPredictor(Predictor):
         trt_logger = trt.Logger(trt.Logger.WARNING)
         load_plugin_libraries(trt, trt_logger)
         self.runtime = trt.Runtime(trt_logger)
-        with open(path, "rb") as handle:
-            self.engine = self.runtime.deserialize_cuda_engine(handle.read())
+        self.engine = self.runtime.deserialize_cuda_engine(read_bytes(path, encryption_key))
         if self.engine is None:
             raise CheckpointError(
                 f"{path}: TensorRT cannot deserialize this engine (another TensorRT version or GPU?)."

@@ -20,17 +20,24 @@ class TorchPredictor(Predictor):
         path: checkpoint file; the architecture comes from it.
         spec_model: the spec's model section, only to warn about fields that differ from the checkpoint.
         device: torch device string; "cuda" falls back to the CPU with a notice when no GPU exists.
+        encryption_key: the key an encrypted checkpoint was written with (plain files ignore it).
     """
 
     backend = "pytorch"
 
-    def __init__(self, path: str, spec_model: Any | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        path: str,
+        spec_model: Any | None = None,
+        device: str = "cpu",
+        encryption_key: str | None = None,
+    ) -> None:
         from ddetr.checkpoint import build_model_from_checkpoint
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             logger.info("No GPU found: running the checkpoint on the CPU.")
             device = "cpu"
-        self.model, self.checkpoint = build_model_from_checkpoint(path)
+        self.model, self.checkpoint = build_model_from_checkpoint(path, encryption_key=encryption_key)
         if spec_model is not None:
             from ddetr.spec.load import merge_model_from_checkpoint
 

@@ -64,7 +64,9 @@ def prepare_results_dir(spec: Spec, action: str) -> Path:
         raise SpecError(
             f"{field}: cannot write to {str(folder)!r} ({reason}); choose a writable folder, e.g. {field}=./results"
         ) from None
-    dump_spec(spec, folder / "experiment.yaml")
+    # the record of the run leaves the encryption key out (it would sit in plain text beside encrypted files)
+    recorded = spec.model_copy(update={"encryption_key": ""}) if spec.encryption_key else spec
+    dump_spec(recorded, folder / "experiment.yaml")
     logger.debug(f"{action}: results in {folder}")
     return folder
 

@@ -82,7 +82,7 @@ def run(spec: Any) -> dict[str, Any]:
     status = StatusLogger(out_dir / "status.json")
     status.write(status="STARTED", message=f"Evaluating {path}.")
     try:
-        predictor = load_predictor(path, spec_model=spec.model)
+        predictor = load_predictor(path, spec_model=spec.model, encryption_key=spec.encryption_key)
         pairs = resolve_sources(spec.dataset.test_data_sources)
         if not pairs:
             raise SpecError(

@@ -49,10 +49,17 @@ def run(spec: Any) -> dict[str, Any]:
             opset_version=section.opset_version,
             on_cpu=section.on_cpu,
             verbose=section.verbose,
+            encryption_key=spec.encryption_key,
         )
         meta = result.metadata
         outputs = {"onnx_file": str(result.onnx_file)}
         if section.serialize_nvdsinfer:
+            if spec.encryption_key:
+                logger.warning(
+                    "export.serialize_nvdsinfer: %s is encrypted (encryption_key is set) and DeepStream needs an "
+                    "unencrypted model; export again with encryption_key= (empty) for DeepStream.",
+                    result.onnx_file,
+                )
             labels, config = write_nvdsinfer(
                 result.onnx_file,
                 class_names=meta["class_names"],

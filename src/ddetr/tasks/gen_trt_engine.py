@@ -29,7 +29,7 @@ def plan(spec: Any) -> tuple[Any, dict[str, Any]]:
     onnx_file = Path(require(spec, "gen_trt_engine.onnx_file"))
     if not onnx_file.is_file():
         raise CheckpointError(f"gen_trt_engine.onnx_file: {onnx_file} does not exist (or is not a file).")
-    meta = read_metadata(onnx_file)
+    meta = read_metadata(onnx_file, spec.encryption_key)
     if meta.get("quantization") and section.tensorrt.data_type != "INT8":
         logger.warning("%s is QDQ-quantized: TensorRT builds it as INT8 whatever data_type says.", onnx_file)
     engine = section.trt_engine if is_set(section.trt_engine) else ""
@@ -56,7 +56,7 @@ def run(spec: Any) -> dict[str, Any]:
     )
     try:
         require_tensorrt()
-        engine = build_engine(settings, meta)
+        engine = build_engine(settings, meta, encryption_key=spec.encryption_key)
         status.write(status="SUCCESS", message=f"Engine written: {engine}.")
         return {"trt_engine": str(engine), "data_type": settings.data_type}
     except Exception as exc:

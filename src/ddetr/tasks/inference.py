@@ -80,7 +80,7 @@ def run(spec: Any) -> dict[str, Any]:
     status = StatusLogger(out_dir / "status.json")
     status.write(status="STARTED", message=f"Inference with {path}.")
     try:
-        predictor = load_predictor(path, spec_model=spec.model)
+        predictor = load_predictor(path, spec_model=spec.model, encryption_key=spec.encryption_key)
         source = spec.dataset.infer_data_sources
         dirs = source.image_dir if isinstance(source.image_dir, list) else [source.image_dir]
         if not any(dirs):

@@ -18,7 +18,7 @@ def _eval_pairs(spec: Any) -> list[tuple[str, str]]:
     return pairs or resolve_sources(spec.dataset.val_data_sources)
 
 
-def _predictor(path: str, quantization: dict[str, Any] | None) -> Any:
+def _predictor(path: str, quantization: dict[str, Any] | None, encryption_key: str | None = None) -> Any:
     from ddetr.runtime import load_predictor
 
     if path.endswith(".pth") and quantization and quantization.get("backend") == "torchao":
@@ -26,7 +26,7 @@ def _predictor(path: str, quantization: dict[str, Any] | None) -> Any:
         from ddetr.deploy.quantize_torchao import load_quantized_model
         from ddetr.runtime.base import ModelInfo
 
-        model, info = load_quantized_model(path)
+        model, info = load_quantized_model(path, encryption_key)
 
         aug = ((info.spec or {}).get("dataset") or {}).get("augmentation") or {}
         return ModulePredictor(
@@ -39,7 +39,7 @@ def _predictor(path: str, quantization: dict[str, Any] | None) -> Any:
                 num_queries=info.model.num_queries,
             ),
         )
-    return load_predictor(path)
+    return load_predictor(path, encryption_key=encryption_key)
 
 
 def run(spec: Any) -> dict[str, Any]:
@@ -84,8 +84,9 @@ def run(spec: Any) -> dict[str, Any]:
                 "max_size": aug.random_resize_max_size,
                 "batch_size": 1,
             }
-            before = evaluate_predictor(_predictor(done["float_model"], None), pairs, **kwargs)
-            after = evaluate_predictor(_predictor(done["output"], done["quantization"]), pairs, **kwargs)
+            key = spec.encryption_key
+            before = evaluate_predictor(_predictor(done["float_model"], None, key), pairs, **kwargs)
+            after = evaluate_predictor(_predictor(done["output"], done["quantization"], key), pairs, **kwargs)
             report["mAP"] = {"before": before["mAP"], "after": after["mAP"]}
             report["mAP50"] = {"before": before["mAP50"], "after": after["mAP50"]}
             report["eval_images"] = before["images"]

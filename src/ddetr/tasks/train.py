@@ -40,11 +40,14 @@ def apply_freeze(model: torch.nn.Module, names: list[str]) -> int:
     return frozen
 
 
-def load_pretrained(model: torch.nn.Module, path: str) -> None:
-    """Initialise from a full-model checkpoint, keeping tensors whose name and shape match; one report line."""
+def load_pretrained(model: torch.nn.Module, path: str, encryption_key: str | None = None) -> None:
+    """Initialise from a full-model checkpoint, keeping tensors whose name and shape match; one report line.
+
+    ``encryption_key`` reads an encrypted checkpoint (plain ones ignore it).
+    """
     from ddetr.checkpoint import load_checkpoint
 
-    info = load_checkpoint(path)
+    info = load_checkpoint(path, encryption_key=encryption_key)
     own = model.state_dict()
     matched = {k: v for k, v in info.state_dict.items() if k in own and own[k].shape == v.shape}
     if not matched:
@@ -115,7 +118,7 @@ def run(spec: Any) -> dict[str, Any]:
         data = DetectionDataModule(spec, world_size=plan.world_size)
         model = DeformableDETR.from_config(spec.model, spec.dataset.num_classes)
         if spec.train.pretrained_model_path:
-            load_pretrained(model, spec.train.pretrained_model_path)
+            load_pretrained(model, spec.train.pretrained_model_path, spec.encryption_key)
         if spec.train.freeze:
             apply_freeze(model, list(spec.train.freeze))
         module = DetectionModule(
