@@ -145,7 +145,7 @@ def _run_spec_action(args: argparse.Namespace) -> int:
         overrides.append(f"results_dir={args.results_dir}")
     if args.key is not None:
         overrides.append(f"encryption_key={args.key}")
-    spec = load_spec(args.spec, overrides)
+    spec = load_spec(args.spec, overrides, action=args.action)
     task = _import_task(args.action)
     run = getattr(task, "run", None)
     if not callable(run):

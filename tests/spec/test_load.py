@@ -188,6 +188,12 @@ def test_lr_steps_beyond_num_epochs_is_one_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="ddetr.spec.load"):
         load_spec(None, ["train.num_epochs=5", "train.optim.lr_steps=[3, 20]"])
     assert not [r for r in caplog.records if "lr_steps" in r.getMessage()]
+    # a training-only warning: not shown to evaluate, export, dataset, ...
+    for action, shown in (("evaluate", 0), ("dataset", 0), ("train", 1), ("automl", 1)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ddetr.spec.load"):
+            load_spec(None, ["train.num_epochs=5", "train.optim.lr_steps=[10]"], action=action)
+        assert len([r for r in caplog.records if "lr_steps" in r.getMessage()]) == shown, action
 
 
 def test_dump_spec_round_trips_atomically(tmp_path):

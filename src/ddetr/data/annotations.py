@@ -15,7 +15,28 @@ from PIL import Image, UnidentifiedImageError
 
 from ddetr.errors import DataError
 
-__all__ = ["DECODE_ERRORS", "bad_category_ids", "clip_box", "image_size", "read_coco_json"]
+__all__ = [
+    "DECODE_ERRORS",
+    "IMAGE_SUFFIXES",
+    "bad_category_ids",
+    "clip_box",
+    "find_images",
+    "image_size",
+    "read_coco_json",
+]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+"""File name endings (lower case) taken as images when a folder is listed."""
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder`` (sub-folders included, hidden files not), sorted by path."""
+    return sorted(
+        p
+        for p in Path(folder).rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+
 
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, UnidentifiedImageError)
 """What PIL raises on a corrupt, truncated or foreign file."""

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ddetr.data.annotations import clip_box, image_size
+from ddetr.data.annotations import IMAGE_SUFFIXES, clip_box, find_images, image_size
 from ddetr.errors import DataError
 
 __all__ = [
@@ -61,7 +61,6 @@ __all__ = [
 
 Format = Literal["voc", "kitti", "yolo"]
 FORMATS: tuple[str, ...] = ("voc", "kitti", "yolo")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_TOLERANCE = 1.0  # pixels a box may cross the image border without being counted as clipped
 _KITTI_FIELDS = (15, 16)
 _MAX_EXAMPLES = 5
@@ -141,11 +140,7 @@ def list_images(image_dir: str | Path) -> dict[str, Path]:
     root = Path(image_dir)
     if not root.is_dir():
         raise DataError(f"Image folder '{image_dir}' does not exist or is not a folder.")
-    found = {
-        p.relative_to(root).as_posix(): p
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    }
+    found = {p.relative_to(root).as_posix(): p for p in find_images(root)}
     if not found:
         raise DataError(f"Image folder '{image_dir}' holds no image ({', '.join(IMAGE_SUFFIXES)}).")
     return dict(sorted(found.items()))

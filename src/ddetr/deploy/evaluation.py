@@ -16,8 +16,6 @@ from ddetr.runtime.base import ModelInfo, Predictor
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
 
 class ModulePredictor(Predictor):
     """An in-memory PyTorch detector (e.g. a freshly quantized one) behind the Predictor interface."""
@@ -94,6 +92,7 @@ def list_calibration_images(image_dir: str, json_file: str = "") -> list[Path]:
     Raises:
         DataError: no images found.
     """
+    from ddetr.data.annotations import find_images
     from ddetr.data.sources import resolve_file, resolve_image_dir
 
     folder = resolve_image_dir(image_dir)
@@ -102,7 +101,7 @@ def list_calibration_images(image_dir: str, json_file: str = "") -> list[Path]:
         found = [folder / im["file_name"] for im in data.get("images", [])]
         found = [p for p in found if p.is_file()]
     else:
-        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = find_images(folder)
     if not found:
         raise DataError(
             f"calibration data: no images found in {image_dir} (json_file {json_file or 'not given'})."

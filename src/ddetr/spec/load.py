@@ -64,13 +64,18 @@ def _yaml_load(text: str, source: str) -> Any:
 # ----------------------------------------------------------------------------------------------- loading
 
 
-def load_spec(path: str | Path | None, overrides: Sequence[str] = ()) -> Spec:
+TRAINING_ACTIONS = ("train", "automl")  # the actions check_rules' warnings are about
+
+
+def load_spec(path: str | Path | None, overrides: Sequence[str] = (), action: str | None = None) -> Spec:
     """Read, override and validate an experiment spec.
 
     Args:
         path: The YAML spec file, or ``None`` for the defaults.
         overrides: Dotted ``key=value`` strings applied after the file, values parsed as YAML
             (``train.optim.lr_steps=[30,45]``, ``dataset.train_data_sources=[{image_dir: a, json_file: b}]``).
+        action: the action the spec is for; the training-only warnings (``lr_steps`` that never decay) are
+            logged for ``train``/``automl`` and when ``None`` (unknown), not for evaluate, export, ...
 
     Returns:
         The validated spec.
@@ -94,8 +99,10 @@ def load_spec(path: str | Path | None, overrides: Sequence[str] = ()) -> Spec:
         apply_override(data, item)
     data = resolve_interpolations(data)
     spec = validate_spec(data)
-    for warning in check_rules(spec):
-        logger.warning(warning)
+    warnings = check_rules(spec)
+    if action in (None, *TRAINING_ACTIONS):
+        for warning in warnings:
+            logger.warning(warning)
     inert = inert_fields_set(spec)
     if inert:
         shown = ", ".join(f"{k}={v!r}" for k, v in inert.items())

@@ -11,11 +11,10 @@ from ddetr.errors import DataError, SpecError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
 
 def list_images(image_dirs: list[str]) -> list[Path]:
     """Every image file under the given folders or archives, sorted per source."""
+    from ddetr.data.annotations import find_images
     from ddetr.data.sources import resolve_image_dir
 
     found: list[Path] = []
@@ -23,9 +22,7 @@ def list_images(image_dirs: list[str]) -> list[Path]:
         if not image_dir:
             continue
         folder = resolve_image_dir(image_dir)
-        found.extend(
-            sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        )
+        found.extend(find_images(folder))
     if not found:
         raise DataError(f"dataset.infer_data_sources.image_dir: no images found in {image_dirs}.")
     return found
