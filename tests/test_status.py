@@ -85,3 +85,19 @@ def test_reader_accepts_tao_string_kpis_and_skips_a_truncated_line(tmp_path):
 
 def test_reader_of_a_missing_file_is_empty(tmp_path):
     assert read_status(tmp_path / "none.json") == []
+
+
+def test_action_frames_work_with_started_and_failure(tmp_path) -> None:
+    import pytest
+
+    from ddetr.status import StatusLogger, read_status
+
+    log = StatusLogger(tmp_path / "status.json")
+    with log.action("Exporting model.pth."):
+        log.success("Exported.")
+    with pytest.raises(ValueError, match="bad opset"), log.action("Exporting again."):
+        raise ValueError("bad opset")
+    events = read_status(tmp_path / "status.json")
+    assert [e["status"] for e in events] == ["STARTED", "SUCCESS", "STARTED", "FAILURE"]
+    assert events[0]["message"] == "Exporting model.pth."
+    assert events[-1]["message"] == "ValueError: bad opset" and events[-1]["verbosity"] == "ERROR"

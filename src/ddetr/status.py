@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -134,6 +136,26 @@ class StatusLogger:
     def skipped(self, message: str, **fields: Any) -> dict[str, Any]:
         """Append a SKIPPED event."""
         return self.write("SKIPPED", message, **fields)
+
+    @contextmanager
+    def action(self, message: str, **fields: Any) -> Iterator[StatusLogger]:
+        """Frame an action's work: a STARTED event now, a FAILURE event if the block raises.
+
+        The block writes its own SUCCESS (with its message and KPIs). An interrupt (Ctrl-C, SystemExit) is not
+        an ``Exception`` and is left to whoever handles it.
+
+        Example:
+            >>> import tempfile, os
+            >>> log = StatusLogger(os.path.join(tempfile.mkdtemp(), "status.json"))
+            >>> with log.action("Exporting."):
+            ...     _ = log.success("Exported.")
+        """
+        self.started(message, **fields)
+        try:
+            yield self
+        except Exception as exc:
+            self.failure(f"{type(exc).__name__}: {exc}")
+            raise
 
 
 def _as_number(value: Any) -> Any:

@@ -189,8 +189,7 @@ def run(spec: Any) -> dict[str, Any]:
     num_classes = spec.dataset.num_classes
     out_dir = prepare_results_dir(spec, "dataset")
     status = status_logger(out_dir)
-    status.started(f"Checking {', '.join(s.name for s in splits)}.")
-    try:
+    with status.action(f"Checking {', '.join(s.name for s in splits)}."):
         with ExitStack() as stack:
             reports = check_splits(splits, num_classes, progress=_progress(stack))
         _check_classmap(spec, reports)
@@ -226,9 +225,6 @@ def run(spec: Any) -> dict[str, Any]:
             title=f"dataset check: {', '.join(r.name for r in annotated)}",
         )
         print_summary(report, class_names)
-    except Exception as exc:
-        status.failure(f"{type(exc).__name__}: {exc}")
-        raise
     result = {
         "report": str(report_path),
         "plot": str(plot_path),

@@ -80,8 +80,7 @@ def run(spec: Any) -> dict[str, Any]:
     path = model_path(section, "evaluate")
     out_dir = prepare_results_dir(spec, "evaluate")
     status = StatusLogger(out_dir / "status.json")
-    status.write(status="STARTED", message=f"Evaluating {path}.")
-    try:
+    with status.action(f"Evaluating {path}."):
         predictor = load_predictor(path, spec_model=spec.model, encryption_key=spec.encryption_key)
         pairs = resolve_sources(spec.dataset.test_data_sources)
         if not pairs:
@@ -142,6 +141,3 @@ def run(spec: Any) -> dict[str, Any]:
             kpi={"test_mAP": result["test_mAP"], "test_mAP50": result["test_mAP50"]},
         )
         return result
-    except Exception as exc:
-        status.write(status="FAILURE", message=f"{type(exc).__name__}: {exc}")
-        raise

@@ -34,8 +34,7 @@ def run(spec: Any) -> dict[str, Any]:
     out_dir = prepare_results_dir(spec, "export")
     onnx_file = Path(section.onnx_file) if section.onnx_file else out_dir / f"{checkpoint.stem}.onnx"
     status = StatusLogger(out_dir / "status.json")
-    status.write(status="STARTED", message=f"Exporting {checkpoint} to {onnx_file}.")
-    try:
+    with status.action(f"Exporting {checkpoint} to {onnx_file}."):
         if not section.on_cpu and not tensorrt_installed():
             logger.warning(
                 "export.on_cpu is false: the attention is exported as TensorRT's plugin node, which ONNX Runtime "
@@ -72,6 +71,3 @@ def run(spec: Any) -> dict[str, Any]:
             outputs.update(labels_file=str(labels), nvinfer_config=str(config))
         status.write(status="SUCCESS", message=f"Exported {result.onnx_file}.")
         return {**outputs, "trt_plugin": meta["trt_plugin"], "input_size": meta["input_size"]}
-    except Exception as exc:
-        status.write(status="FAILURE", message=f"{type(exc).__name__}: {exc}")
-        raise

@@ -51,14 +51,8 @@ def run(spec: Any) -> dict[str, Any]:
     settings, meta = plan(spec)
     out_dir = prepare_results_dir(spec, "gen_trt_engine")
     status = StatusLogger(out_dir / "status.json")
-    status.write(
-        status="STARTED", message=f"Building a {settings.data_type} engine from {settings.onnx_file}."
-    )
-    try:
+    with status.action(f"Building a {settings.data_type} engine from {settings.onnx_file}."):
         require_tensorrt()
         engine = build_engine(settings, meta, encryption_key=spec.encryption_key)
         status.write(status="SUCCESS", message=f"Engine written: {engine}.")
         return {"trt_engine": str(engine), "data_type": settings.data_type}
-    except Exception as exc:
-        status.write(status="FAILURE", message=f"{type(exc).__name__}: {exc}")
-        raise

@@ -75,8 +75,7 @@ def run(spec: Any) -> dict[str, Any]:
     path = model_path(section, "inference")
     out_dir = prepare_results_dir(spec, "inference")
     status = StatusLogger(out_dir / "status.json")
-    status.write(status="STARTED", message=f"Inference with {path}.")
-    try:
+    with status.action(f"Inference with {path}."):
         predictor = load_predictor(path, spec_model=spec.model, encryption_key=spec.encryption_key)
         source = spec.dataset.infer_data_sources
         dirs = source.image_dir if isinstance(source.image_dir, list) else [source.image_dir]
@@ -156,6 +155,3 @@ def run(spec: Any) -> dict[str, Any]:
             "labels": str(labels_dir),
             "detections_json": str(out_dir / "detections.json"),
         }
-    except Exception as exc:
-        status.write(status="FAILURE", message=f"{type(exc).__name__}: {exc}")
-        raise
