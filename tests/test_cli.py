@@ -120,6 +120,14 @@ def test_task_receives_the_validated_spec_and_interrupts_exit_130(monkeypatch, t
         and spec.export.opset_version == 13
     )
 
+    # the key from the environment when the spec has none; a spec or -k key wins over it
+    monkeypatch.setenv("DDETR_ENCRYPTION_KEY", "from-env")
+    assert main(["export", "-r", str(tmp_path)]) == 0
+    assert seen["spec"].encryption_key == "from-env"
+    assert main(["export", "-r", str(tmp_path), "-k", "secret"]) == 0
+    assert seen["spec"].encryption_key == "secret"
+    monkeypatch.delenv("DDETR_ENCRYPTION_KEY")
+
     def interrupted(spec):
         raise KeyboardInterrupt
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from ddetr import __version__
+from ddetr.crypto import KEY_ENV
 from ddetr.errors import DdetrError, Interrupted, SpecError
 
 logger = logging.getLogger(__name__)
@@ -146,6 +148,8 @@ def _run_spec_action(args: argparse.Namespace) -> int:
     if args.key is not None:
         overrides.append(f"encryption_key={args.key}")
     spec = load_spec(args.spec, overrides, action=args.action)
+    if not spec.encryption_key and os.environ.get(KEY_ENV):
+        spec = spec.model_copy(update={"encryption_key": os.environ[KEY_ENV]})  # keeps the key out of argv
     task = _import_task(args.action)
     run = getattr(task, "run", None)
     if not callable(run):

@@ -42,7 +42,8 @@ SLICE_BYTES = 64 << 20  # bytes fed to the cipher per call
 SALT_BYTES, NONCE_BYTES, TAG_BYTES = 16, 12, 16
 _HEADER = struct.Struct(f">{len(MAGIC)}sBBBB{SALT_BYTES}s{NONCE_BYTES}s")
 HEADER_BYTES = _HEADER.size
-HOW_TO_SET = "set encryption_key in the spec (or pass -k KEY)"
+KEY_ENV = "DDETR_ENCRYPTION_KEY"  # the key from the environment when the spec has none (AutoML trials use it)
+HOW_TO_SET = f"set encryption_key in the spec (or pass -k KEY, or set {KEY_ENV})"
 
 
 def _derive(key: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:

@@ -26,7 +26,10 @@ def main(argv: list[str]) -> int:
     per_epoch = float(os.environ.get("FAKE_EPOCH_SECONDS", "0.05"))
     quality = max(0.0, 0.6 - 0.15 * abs(math.log10(lr) - math.log10(3e-4)))
     with status.open("a") as fh:
-        fh.write(json.dumps({"status": "STARTED", "message": "Starting training.", "epoch": 0}) + "\n")
+        # whether the encryption key reached the trial through its environment (the key itself is not written)
+        got_key = bool(os.environ.get("DDETR_ENCRYPTION_KEY"))
+        started = {"status": "STARTED", "message": "Starting training.", "epoch": 0, "got_key": got_key}
+        fh.write(json.dumps(started) + "\n")
     for epoch in range(epochs):
         time.sleep(per_epoch)
         ckpt = train_dir / f"model_epoch_{epoch:03d}_step_{epoch + 1:05d}.pth"

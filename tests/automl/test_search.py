@@ -99,6 +99,22 @@ def test_random_search_runs_to_count_and_reruns_nothing(tiny_spec_file: Path) ->
     assert all(_started_count(results / "automl" / f"trial_{i:03d}") == 1 for i in range(3))
 
 
+def test_encryption_key_reaches_trials_by_environment_only(tiny_spec_file: Path) -> None:
+    secret = "automl-s3cret"
+    spec = load_spec(
+        tiny_spec_file,
+        ["automl.algorithm=random", "automl.max_recommendations=2", f"encryption_key={secret}"],
+    )
+    results = Path(spec.results_dir)
+    run_search(spec, results / "automl", train_command=FAKE, poll_interval=0.05)
+    for i in range(2):
+        started = read_status(results / "automl" / f"trial_{i:03d}" / "train" / "status.json")[0]
+        assert started["got_key"] is True
+    written = [p for p in (results / "automl").rglob("*") if p.is_file()]
+    assert any(p.name == "best_spec.yaml" for p in written)
+    assert not [p for p in written if secret.encode() in p.read_bytes()]
+
+
 def _spawn(spec_file: Path, *overrides: str, epoch_seconds: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FAKE_EPOCH_SECONDS": epoch_seconds}
     cmd = [sys.executable, str(HERE / "run_fake_search.py"), str(spec_file), *overrides]

@@ -143,7 +143,8 @@ def write_best(study: optuna.Study, base: Spec, automl_dir: Path) -> dict[str, A
             best.params,
             {"train.num_epochs": base.automl.max_epochs, "automl_policy": "off", "automl.enabled": False},
         )
-    best_spec = dump_spec(spec, automl_dir / "best_spec.yaml")
+    # never the key in a file: retraining an encrypted search takes it from -k or DDETR_ENCRYPTION_KEY
+    best_spec = dump_spec(spec.model_copy(update={"encryption_key": ""}), automl_dir / "best_spec.yaml")
     info = {
         "trial": best.number,
         "value": best.value,

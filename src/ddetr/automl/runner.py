@@ -26,6 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ddetr.automl.space import ConstraintViolation, SearchSpace, apply_values, violations
+from ddetr.crypto import KEY_ENV
 from ddetr.errors import SpecError
 from ddetr.spec.load import dump_spec
 from ddetr.spec.sections import Spec
@@ -125,7 +126,8 @@ class TrialRunner:
             trial.set_user_attr("error", f"not started: {exc}")
             return study.tell(trial, state=TrialState.FAIL)
         trial_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = dump_spec(spec, trial_dir / "spec.yaml")
+        # the key goes to the trial through its environment, never into spec.yaml
+        spec_path = dump_spec(spec.model_copy(update={"encryption_key": ""}), trial_dir / "spec.yaml")
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         logger.info("trial %d: %s", trial.number, ", ".join(f"{k}={v}" for k, v in values.items()))
@@ -134,8 +136,13 @@ class TrialRunner:
     def _launch(self, trial_dir: Path, spec_path: Path) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "ddetr.automl.child", str(os.getpid()), "--", *self.train_command]
         cmd += ["-e", str(spec_path)]
+        env = dict(os.environ)
+        if self.base.encryption_key:
+            env[KEY_ENV] = self.base.encryption_key
         with (trial_dir / "train.log").open("ab") as log:
-            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            return subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
 
     def _read(self, trial: optuna.Trial, status_path: Path, watch: _Watch) -> None:
         for event in read_status(status_path):
