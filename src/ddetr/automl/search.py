@@ -133,7 +133,7 @@ def prepare_search(
     )
     if not created:
         study.sampler = make_sampler(spec, space, seeded=False)
-    added = st.ensure_slots(study, spec.automl.max_recommendations, created, fixed)
+    added = st.ensure_slots(study, storage, spec.automl.max_recommendations, fixed)
     status = StatusLogger(automl_dir / "status.json")
     return Search(spec, space, automl_dir, study, url, storage, added, status)
 
