@@ -352,6 +352,7 @@ def build_model_from_checkpoint(
     Raises:
         CheckpointError: unreadable checkpoint, or weights that do not fit the recorded architecture
             (names the first missing/unexpected keys and shape differences).
+        UnavailableError: a quantized checkpoint whose back end's package (torchao, nvidia-modelopt) is missing.
     """
     from ddetr.model.detector import DeformableDETR
 
@@ -360,10 +361,10 @@ def build_model_from_checkpoint(
     # and run batch norm frozen (folded into the convolutions): in eval mode it equals a live one
     architecture = info.model.model_copy(update={"pretrained_backbone_path": "", "freeze_backbone_bn": True})
     model = DeformableDETR.from_config(architecture, info.num_classes)
-    if info.raw.get("quantization"):  # a torchao int8 checkpoint: same modules, quantized weight tensors
-        from ddetr.deploy.quantize_torchao import prepare_model
+    if info.raw.get("quantization"):  # torchao / ModelOpt: give the float model the quantized layout first
+        from ddetr.deploy.quantize import prepare_quantized_model
 
-        prepare_model(model, info.raw["quantization"])
+        model = prepare_quantized_model(model, info)
     load_into_model(model, info.state_dict, str(info.path))
     model.eval()
     return model, info

@@ -57,6 +57,12 @@ def write_checkpoint(
     )
 
 
+@pytest.fixture
+def tiny_section() -> ModelSection:
+    """The tiny model section the deploy tests share (see :func:`tiny_model_section`)."""
+    return tiny_model_section()
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init 2-level box-refinement checkpoint."""

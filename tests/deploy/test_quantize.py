@@ -116,16 +116,24 @@ def test_plan_errors(spec_args: list[str], spec_checkpoint: Path, tmp_path: Path
 
 
 def test_modelopt_missing_is_unavailable(
-    spec_args: list[str], spec_checkpoint: Path, tmp_path: Path, monkeypatch
+    spec_args: list[str], spec_checkpoint: Path, tiny_data: dict, tmp_path: Path, monkeypatch
 ) -> None:
-    import ddetr.deploy.quantize as module
+    import sys
 
-    monkeypatch.setattr(module, "_modelopt_installed", lambda: False)
+    monkeypatch.setitem(sys.modules, "modelopt", None)  # as if nvidia-modelopt were not installed
+    train = tiny_data["train"]
     for backend in ("modelopt.onnx", "modelopt.pytorch"):
-        spec = _section(spec_args, f"quantize.model_path={spec_checkpoint}", f"quantize.backend={backend}")
+        spec = _section(
+            spec_args,
+            f"quantize.model_path={spec_checkpoint}",
+            f"quantize.backend={backend}",
+            "quantize.mode=static_ptq",
+            f"dataset.quant_calibration_data_sources={{image_dir: {train['image_dir']}}}",
+        )
         with pytest.raises(UnavailableError, match="nvidia-modelopt") as info:
             plan_quantization(spec.quantize, spec.dataset.quant_calibration_data_sources, tmp_path)
-        assert "\n" not in str(info.value)
+        assert "\n" not in str(info.value) and "pip install" in str(info.value)
+    assert not list(tmp_path.iterdir())  # the plan fails before any work
 
 
 def test_torchao_missing_is_unavailable(

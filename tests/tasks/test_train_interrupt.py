@@ -48,7 +48,9 @@ def test_sigterm_saves_the_current_step_exits_143_and_resumes(tiny_spec_args: li
     latest = train_dir / "dd_model_latest.pth"
     saved = latest.resolve()
     # the interrupt checkpoint holds the step the run reached, under the TAO name, linked as latest
-    epoch = stopped_at // 4  # 16 images at batch 4: 4 steps per epoch
+    epoch = (
+        stopped_at - 1
+    ) // 4  # the epoch of the last step taken (16 images at batch 4: 4 steps per epoch)
     assert saved.name == f"model_epoch_{epoch:03d}_step_{stopped_at:05d}.pth", (saved.name, stopped_at)
     assert stopped_at > 4
     raw = load_checkpoint(saved).raw

@@ -116,9 +116,16 @@ def calibration_batches(
     num_batches: int,
     mean: Sequence[float],
     std: Sequence[float],
-    input_size: tuple[int, int],
+    input_size: tuple[int, int] | None,
+    shortest_side: int = 800,
+    max_size: int | None = 1333,
 ) -> Iterator[np.ndarray]:
     """Yield ``num_batches`` float32 arrays (batch_size, 3, H, W), preprocessed exactly as inference does.
+
+    Args:
+        input_size: (width, height) every image is resized to (an exported model's fixed size); None: the
+            validation resize (``shortest_side``, capped at ``max_size``), images of a batch zero-padded to
+            the largest.
 
     Raises:
         DataError: fewer than ``batch_size * num_batches`` images.
@@ -133,5 +140,7 @@ def calibration_batches(
         )
     for index in range(num_batches):
         chunk = paths[index * batch_size : (index + 1) * batch_size]
-        images, _, _ = preprocess_images(chunk, mean=mean, std=std, input_size=input_size)
+        images, _, _ = preprocess_images(
+            chunk, mean=mean, std=std, shortest_side=shortest_side, max_size=max_size, input_size=input_size
+        )
         yield np.ascontiguousarray(images.numpy(), dtype=np.float32)

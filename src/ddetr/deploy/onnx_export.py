@@ -132,9 +132,10 @@ def export_onnx(
     if not ckpt.is_file():
         raise CheckpointError(f"export.checkpoint: {ckpt} does not exist (or is not a file).")
     model, info = build_model_from_checkpoint(ckpt, encryption_key=encryption_key)
-    if info.raw.get("quantization"):
+    quantization = info.raw.get("quantization")
+    if quantization and quantization.get("backend") != "modelopt.pytorch":  # ModelOpt's export Q/DQ nodes
         raise CheckpointError(
-            f"export.checkpoint: {ckpt} is a quantized ({info.raw['quantization'].get('backend')}) checkpoint; "
+            f"export.checkpoint: {ckpt} is a quantized ({quantization.get('backend')}) checkpoint; "
             "export the float checkpoint and quantize the ONNX file (quantize.backend=onnxruntime)."
         )
     model.eval()
@@ -173,6 +174,8 @@ def export_onnx(
             )
         proto = onnx.load(str(tmp))
         metadata = checkpoint_metadata(info, (width, height), plugin=not on_cpu, batch_size=batch_size)
+        if quantization:
+            metadata["quantization"] = {**quantization, "format": "QDQ"}
         set_metadata(proto, metadata)
         proto.doc_string = f"ddetr Deformable DETR exported from {ckpt.name}"
         onnx.checker.check_model(proto)

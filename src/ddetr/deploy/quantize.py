@@ -1,12 +1,19 @@
 """``quantize`` back ends behind one function: checks, the quantized artefact, and its before/after report.
 
-Back ends (``quantize.backend``):
+Back ends (``quantize.backend``), all run on the CPU:
 
 - ``onnxruntime`` (+), ``static_ptq``: QDQ INT8 of the ONNX export (:mod:`ddetr.deploy.quantize_onnx`);
   a ``.pth`` model_path is exported first (standard ops, fixed ``export.input_width/height``).
 - ``torchao``, ``weight_only_ptq``: int8 weights of every linear (:mod:`ddetr.deploy.quantize_torchao`).
-- ``modelopt.onnx``: NVIDIA ModelOpt's ONNX INT8 (needs ``nvidia-modelopt``); ``modelopt.pytorch``: not
-  provided by ddetr (use ``modelopt.onnx`` or ``torchao``).
+- ``modelopt.pytorch``, ``static_ptq`` or ``weight_only_ptq``: NVIDIA ModelOpt's fake quantization of the
+  checkpoint; the artefact is a ddetr checkpoint that records ModelOpt's state, so ``evaluate``,
+  ``inference`` and ``export`` (ONNX with Q/DQ nodes) load it (ModelOpt needed there too).
+- ``modelopt.onnx``, ``static_ptq``: NVIDIA ModelOpt's ONNX INT8 (Q/DQ placed for TensorRT) of the ONNX
+  export, calibrated with ONNX Runtime's CPU provider; the artefact is an ONNX file with ddetr's metadata.
+
+Both ModelOpt back ends live in :mod:`ddetr.deploy.quantize_modelopt` and need ``nvidia-modelopt`` (plus, for
+``modelopt.onnx``, the ONNX tools it imports); without them the plan fails before any work with a one-line
+UnavailableError naming the missing packages. ``quantize.layers`` (TAO's per-layer dtypes) applies to both.
 """
 
 from __future__ import annotations
@@ -17,11 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ddetr.errors import CheckpointError, SpecError, UnavailableError
+from ddetr.errors import CheckpointError, SpecError
 
 logger = logging.getLogger(__name__)
 
-MODELOPT_INSTALL = "pip install 'nvidia-modelopt[onnx]'"
 KNOWN_BACKEND_KWARGS = {"num_calibration_images", "calibration_batch_size", "activation_type", "keep_float"}
 
 
@@ -35,6 +41,7 @@ class QuantizePlan:
         output: the quantized artefact's path.
         needs_calibration: static quantization (calibration images required).
         options: backend options (``quantize.backend_kwargs`` with defaults filled in).
+        rules: the ModelOpt back ends' per-layer rules (``quantize.layers``, checked).
     """
 
     backend: str
@@ -43,6 +50,7 @@ class QuantizePlan:
     output: Path
     needs_calibration: bool
     options: dict[str, Any] = field(default_factory=dict)
+    rules: list[Any] = field(default_factory=list)
 
 
 def plan_quantization(section: Any, calibration_source: Any, out_dir: Path) -> QuantizePlan:
@@ -103,29 +111,60 @@ def plan_quantization(section: Any, calibration_source: Any, out_dir: Path) -> Q
         return QuantizePlan(
             backend, mode, model_path, out_dir / f"{model_path.stem}_int8.onnx", True, options
         )
-    # modelopt.onnx / modelopt.pytorch
-    if not _modelopt_installed():
-        raise UnavailableError(
-            f"quantize.backend={backend} needs NVIDIA ModelOpt (package nvidia-modelopt), which is not installed; "
-            f"run `{MODELOPT_INSTALL}`, or use quantize.backend=onnxruntime (CPU) or torchao."
+    return _plan_modelopt(section, calibration_source, out_dir, model_path, options)
+
+
+def _plan_modelopt(
+    section: Any, calibration_source: Any, out_dir: Path, model_path: Path, options: dict[str, Any]
+) -> QuantizePlan:
+    """The ModelOpt back ends' checks: installed packages, mode, algorithm, layers, calibration data."""
+    from ddetr.deploy import quantize_modelopt as mo
+    from ddetr.deploy.quantize_layers import onnx_rules_check, parse_layers
+
+    backend, mode = section.backend, section.mode
+    mo.require_modelopt(backend)
+    if "activation_type" in options:
+        raise SpecError(
+            f"quantize.backend_kwargs.activation_type: applies to quantize.backend=onnxruntime, not {backend}."
         )
-    if backend == "modelopt.pytorch":
-        raise UnavailableError(
-            "quantize.backend=modelopt.pytorch: ddetr does not provide ModelOpt's PyTorch fake-quant path; use "
-            "quantize.backend=modelopt.onnx (for TensorRT), onnxruntime or torchao."
-        )
-    _require_calibration(calibration_source)
     options.setdefault("num_calibration_images", 32)
     options.setdefault("calibration_batch_size", 1)
+    is_onnx = model_path.suffix.lower() == ".onnx"
+    if backend == "modelopt.pytorch":
+        if is_onnx:
+            raise CheckpointError(
+                f"quantize.model_path: modelopt.pytorch quantizes a .pth checkpoint, got {model_path}; use "
+                "quantize.backend=modelopt.onnx for an ONNX file."
+            )
+        if section.algorithm not in mo.TORCH_ALGORITHMS:
+            raise SpecError(
+                f"quantize.algorithm: {section.algorithm!r} is not available with modelopt.pytorch; use one of "
+                f"{', '.join(mo.TORCH_ALGORITHMS)} (entropy: quantize.backend=modelopt.onnx)."
+            )
+        rules = parse_layers(section.layers, mode)
+        static = mode == "static_ptq"
+        if static:
+            _require_calibration(calibration_source)
+        suffix = "_modelopt_int8.pth" if static else "_modelopt_int8_wo.pth"
+        return QuantizePlan(
+            backend, mode, model_path, out_dir / f"{model_path.stem}{suffix}", static, options, rules
+        )
+    if mode != "static_ptq":
+        raise SpecError(
+            "quantize.mode: modelopt.onnx does static INT8 (static_ptq); set quantize.mode=static_ptq (or "
+            "quantize.backend=modelopt.pytorch for weight_only_ptq)."
+        )
+    if section.algorithm not in mo.ONNX_ALGORITHMS:
+        raise SpecError(
+            f"quantize.algorithm: {section.algorithm!r} is not available with modelopt.onnx; use one of "
+            f"{', '.join(mo.ONNX_ALGORITHMS)}."
+        )
+    rules = parse_layers(section.layers, mode)
+    onnx_rules_check(rules)
+    _require_calibration(calibration_source)
     return QuantizePlan(
-        backend, "static_ptq", model_path, out_dir / f"{model_path.stem}_modelopt_int8.onnx", True, options
+        backend, mode, model_path, out_dir / f"{model_path.stem}_modelopt_int8.onnx", True, options, rules
     )
-
-
-def _modelopt_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("modelopt") is not None
 
 
 def _require_calibration(source: Any) -> None:
@@ -156,9 +195,12 @@ def onnx_input(
             raise CheckpointError(f"quantize.model_path: {plan.model_path} is already quantized.")
         return plan.model_path
     size = (export_section.input_width, export_section.input_height)
-    return export_onnx(
+    result = export_onnx(
         plan.model_path, work / "float.onnx", input_size=size, batch_size=-1, encryption_key=encryption_key
-    ).onnx_file
+    )
+    if result.metadata.get("quantization"):  # a modelopt.pytorch checkpoint exports with its Q/DQ nodes
+        raise CheckpointError(f"quantize.model_path: {plan.model_path} is already quantized.")
+    return result.onnx_file
 
 
 def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
@@ -171,6 +213,21 @@ def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
         from ddetr.deploy.quantize_torchao import quantize_checkpoint_torchao
 
         _, note = quantize_checkpoint_torchao(plan.model_path, plan.output, spec.quantize.skip_names, key)
+        return {"output": str(plan.output), "float_model": str(plan.model_path), "quantization": note}
+    keep_float = list(plan.options.get("keep_float", _default_keep_float())) + list(spec.quantize.skip_names)
+    if plan.backend == "modelopt.pytorch":
+        from ddetr.deploy.quantize_modelopt import quantize_checkpoint_modelopt
+
+        _, note = quantize_checkpoint_modelopt(
+            plan.model_path,
+            plan.output,
+            mode=plan.mode,
+            rules=plan.rules,
+            keep_float=keep_float,
+            algorithm=spec.quantize.algorithm,
+            calibration=_torch_calibration(plan, spec) if plan.needs_calibration else None,
+            encryption_key=key,
+        )
         return {"output": str(plan.output), "float_model": str(plan.model_path), "quantization": note}
 
     from ddetr.deploy.onnx_export import read_metadata
@@ -194,9 +251,6 @@ def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
             std=meta["std"],
             input_size=tuple(meta["input_size"]),
         )
-        keep_float = list(plan.options.get("keep_float", _default_keep_float())) + list(
-            spec.quantize.skip_names
-        )
         if plan.backend == "onnxruntime":
             from ddetr.deploy.quantize_onnx import quantize_onnx_static
 
@@ -210,7 +264,17 @@ def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
                 encryption_key=key,
             )
         else:
-            note = _quantize_modelopt_onnx(plain_onnx, plan.output, batches, meta, keep_float)
+            from ddetr.deploy.quantize_modelopt import quantize_onnx_modelopt
+
+            note = quantize_onnx_modelopt(
+                plain_onnx,
+                plan.output,
+                batches,
+                meta,
+                rules=plan.rules,
+                keep_float=keep_float,
+                algorithm=spec.quantize.algorithm,
+            )
             encrypt_file_in_place(plan.output, key)
         float_model = plan.model_path
         if float_onnx != plan.model_path:  # keep the float export beside the quantized file, for the report
@@ -225,31 +289,55 @@ def _default_keep_float() -> tuple[str, ...]:
     return DEFAULT_KEEP_FLOAT
 
 
-def _quantize_modelopt_onnx(
-    float_onnx: Path, output: Path, batches: Any, meta: dict[str, Any], keep_float: list[str]
-) -> dict[str, Any]:
-    """ModelOpt's ONNX INT8 PTQ (QDQ following TensorRT's rules). Not run here: ModelOpt is not installed."""
-    import numpy as np
-    import onnx
-    from modelopt.onnx.quantization import quantize as modelopt_quantize
+def _torch_calibration(plan: QuantizePlan, spec: Any) -> Any:
+    """``make(mean, std)`` -> calibration batches resized as ``evaluate`` resizes (shortest side, max size)."""
+    from ddetr.deploy.evaluation import calibration_batches, list_calibration_images
 
-    from ddetr.deploy.onnx_export import INPUT_NAME, set_metadata
-    from ddetr.deploy.quantize_onnx import nodes_to_exclude
+    source = spec.dataset.quant_calibration_data_sources
+    paths = list_calibration_images(source.image_dir, source.json_file)
+    batch = int(plan.options["calibration_batch_size"])
+    count = min(int(plan.options["num_calibration_images"]), len(paths))
+    aug = spec.dataset.augmentation
 
-    data = np.concatenate(list(batches))
-    excluded = nodes_to_exclude(onnx.load(str(float_onnx), load_external_data=False), keep_float)
-    tmp = output.with_name(f".{output.name}.tmp")
-    modelopt_quantize(
-        str(float_onnx),
-        quantize_mode="int8",
-        calibration_data={INPUT_NAME: data},
-        calibration_method="entropy",
-        nodes_to_exclude=excluded,
-        output_path=str(tmp),
+    def make(mean: Any, std: Any) -> Any:
+        return calibration_batches(
+            paths,
+            batch_size=batch,
+            num_batches=max(count // batch, 1),
+            mean=mean,
+            std=std,
+            input_size=None,
+            shortest_side=aug.test_random_resize,
+            max_size=aug.random_resize_max_size,
+        )
+
+    return make
+
+
+def prepare_quantized_model(model: Any, info: Any) -> Any:
+    """Give a freshly built float model the layout of the quantized checkpoint ``info`` (before its weights load).
+
+    Args:
+        model: ``DeformableDETR.from_config`` of the checkpoint's architecture.
+        info: the :class:`ddetr.checkpoint.CheckpointInfo` (its ``raw["quantization"]`` names the back end).
+
+    Returns:
+        The model to load ``info.state_dict`` into.
+
+    Raises:
+        CheckpointError: a back end this ddetr does not read. UnavailableError: its package is missing.
+    """
+    note = info.raw.get("quantization") or {}
+    backend = note.get("backend")
+    if backend == "torchao":
+        from ddetr.deploy.quantize_torchao import prepare_model
+
+        prepare_model(model, note)
+        return model
+    if backend == "modelopt.pytorch":
+        from ddetr.deploy.quantize_modelopt import restore_quantized_model
+
+        return restore_quantized_model(model, info)
+    raise CheckpointError(
+        f"{info.path}: quantized by {backend!r}; this ddetr reads torchao and modelopt.pytorch checkpoints."
     )
-    note = {"backend": "modelopt.onnx", "mode": "static_ptq", "format": "QDQ", "keep_float": keep_float}
-    proto = onnx.load(str(tmp))
-    set_metadata(proto, {**meta, "quantization": note})
-    onnx.save(proto, str(tmp))
-    tmp.replace(output)
-    return note

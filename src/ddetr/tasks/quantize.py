@@ -60,12 +60,16 @@ def run(spec: Any) -> dict[str, Any]:
     status = StatusLogger(out_dir / "status.json")
     status.write(status="STARTED", message=f"Quantizing {plan.model_path} with {plan.backend} ({plan.mode}).")
     try:
-        if section.device.startswith("cuda"):
-            logger.info("quantize.device=%s: quantization runs on the CPU here.", section.device)
+        if section.device.startswith("cuda"):  # TAO's default; every back end here calibrates on the CPU
+            import torch
+
+            why = "ddetr's quantize back ends run on the CPU" if torch.cuda.is_available() else "no GPU found"
+            logger.warning("quantize.device=%s: quantizing on the CPU (%s).", section.device, why)
         done = quantize(plan, spec)
         report: dict[str, Any] = {
             "backend": plan.backend,
             "mode": plan.mode,
+            "device": "cpu",
             "float_model": done["float_model"],
             "quantized_model": done["output"],
             "quantization": done["quantization"],

@@ -1,0 +1,482 @@
+"""NVIDIA ModelOpt back ends of ``quantize``, run on the CPU: ``modelopt.pytorch`` and ``modelopt.onnx``.
+
+``modelopt.pytorch`` (``static_ptq`` or ``weight_only_ptq``): ModelOpt's fake quantization of the PyTorch model
+(``modelopt.torch.quantization``): int8 per-output-channel symmetric weights and, in ``static_ptq``, int8
+per-tensor inputs calibrated on real images, on every ``nn.Conv2d`` and ``nn.Linear`` that the rules select.
+The backbone's frozen batch norms are first baked into their convolutions (:func:`bake_batch_norms`) so that
+the quantized weight is the one a deployment runs. The artefact is a ddetr checkpoint with three additions:
+the ``quantization`` note, ``modelopt_state`` (ModelOpt's record of the inserted quantizers, restored by
+:func:`restore_quantized_model` when the checkpoint is loaded) and the quantized weights stored as int8
+(``<layer>.weight`` int8 + ``<layer>.weight_quantizer._amax``; int8 * amax / 127 is exactly the fake-quantized
+weight), so the file is about 4x smaller where layers are quantized. ``export`` turns it into an ONNX file with
+QuantizeLinear/DequantizeLinear nodes (TensorRT explicit quantization; ONNX Runtime runs it too).
+
+``modelopt.onnx`` (``static_ptq``): ModelOpt's ONNX INT8 quantization, which places Q/DQ nodes following
+TensorRT's rules (also on residual additions and pooling), with the CPU execution provider for calibration,
+int8 weights stored with a DequantizeLinear only and float32 for everything kept float. It runs in a child
+process: ModelOpt patches ONNX Runtime's calibration classes for good when it quantizes, which would break the
+``onnxruntime`` back end in the same process afterwards.
+
+Which layers: ``quantize.layers`` (TAO's layout, :func:`ddetr.deploy.quantize_layers.parse_layers`), then ``quantize.skip_names`` and
+``backend_kwargs.keep_float`` (default :data:`ddetr.deploy.quantize_onnx.DEFAULT_KEEP_FLOAT`) keep layers float.
+
+Only ``nvidia-modelopt`` and the ONNX tools its ONNX path imports are needed (:data:`REQUIRED`); its
+``[onnx]`` extra is not: on Linux it pins ``onnxruntime-gpu`` (which overwrites the ``onnxruntime`` package's
+files), ``onnx~=1.21`` and ``cupy-cuda12x``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddetr.deploy.quantize_layers import LayerRule, onnx_nodes_to_exclude, select_layers
+from ddetr.errors import CheckpointError, SpecError, UnavailableError
+
+logger = logging.getLogger(__name__)
+
+# importable module -> the distribution that provides it
+REQUIRED = {
+    "modelopt.pytorch": {"modelopt": "nvidia-modelopt"},
+    "modelopt.onnx": {
+        "modelopt": "nvidia-modelopt",
+        "onnx_graphsurgeon": "onnx-graphsurgeon",
+        "onnxslim": "onnxslim",
+        "onnxscript": "onnxscript",
+        "lief": "lief",
+    },
+}
+MODELOPT_INSTALL = "pip install 'nvidia-modelopt>=0.47' onnx-graphsurgeon onnxslim onnxscript lief"
+# quantize.algorithm -> ModelOpt's name, per back end
+TORCH_ALGORITHMS = {"minmax": "max", "max": "max", "mse": "mse"}
+ONNX_ALGORITHMS = {"minmax": "max", "max": "max", "entropy": "entropy"}
+INT8_MAX = 127.0
+
+
+def missing_packages(backend: str) -> list[str]:
+    """The distributions ``backend`` (``modelopt.pytorch`` | ``modelopt.onnx``) needs that are not installed."""
+    import importlib.util
+
+    return [dist for module, dist in REQUIRED[backend].items() if importlib.util.find_spec(module) is None]
+
+
+def require_modelopt(backend: str, purpose: str | None = None) -> None:
+    """Raise a one-line UnavailableError naming the missing packages, if any.
+
+    Args:
+        backend: ``modelopt.pytorch`` or ``modelopt.onnx``.
+        purpose: what needs them (default ``quantize.backend=<backend>``).
+    """
+    missing = missing_packages(backend)
+    if missing:
+        raise UnavailableError(
+            f"{purpose or f'quantize.backend={backend}'} needs NVIDIA ModelOpt; not installed: {', '.join(missing)}. "
+            f"Run `{MODELOPT_INSTALL}` (or install ddetr with its [modelopt] extra)."
+        )
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Silence ModelOpt's import-time warnings and prints (untested transformers version, no CUDA runtime)."""
+    cpp = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp.level
+    cpp.setLevel(logging.ERROR)
+    out = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        cpp.setLevel(level)
+        if out.getvalue().strip():
+            logger.debug("ModelOpt: %s", out.getvalue().strip())
+
+
+def _modelopt_torch(purpose: str) -> tuple[Any, Any]:
+    """``(modelopt.torch.quantization, modelopt.torch.opt)``, or UnavailableError naming the package."""
+    require_modelopt("modelopt.pytorch", purpose)
+    try:
+        with _quiet():
+            import modelopt.torch.opt as mto
+            import modelopt.torch.quantization as mtq
+    except ImportError as exc:  # installed but broken (e.g. a torch it does not support)
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UnavailableError(
+            f"{purpose} needs NVIDIA ModelOpt, which fails to import ({reason}); reinstall with `{MODELOPT_INSTALL}`."
+        ) from None
+    return mtq, mto
+
+
+# ---------------------------------------------------------------------------------------- modelopt.pytorch
+
+
+def bake_batch_norms(model: nn.Module) -> int:
+    """Turn every backbone convolution with a folded frozen batch norm into a plain ``nn.Conv2d``, in place.
+
+    The convolution gets the normalised weight ``w * s`` and bias ``b * s + beta - mean * s`` (``s = gamma /
+    sqrt(var + eps)``); the batch norm, whose forward is already the identity, is set to the identity
+    statistics so that the state dict stays consistent. Outputs are unchanged up to float rounding. ModelOpt
+    then quantizes the weight the convolution really uses, as TensorRT does after folding.
+
+    Returns:
+        The number of convolutions baked.
+    """
+    from ddetr.model.backbone import BatchNormConv2d
+
+    count = 0
+    for module in model.modules():
+        if type(module) is not BatchNormConv2d:
+            continue
+        norm = module.norm
+        with torch.no_grad():
+            scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+            shift = norm.bias - norm.running_mean * scale
+            bias = shift if module.bias is None else module.bias * scale + shift
+            module.weight.mul_(scale.view(-1, 1, 1, 1))
+            norm.weight.fill_(1.0)
+            norm.bias.zero_()
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0 - norm.eps)
+        if module.bias is None:
+            module.bias = nn.Parameter(bias.detach().clone(), requires_grad=module.weight.requires_grad)
+        else:
+            with torch.no_grad():
+                module.bias.copy_(bias)
+        del module.__dict__["norm"]
+        module.__class__ = nn.Conv2d
+        count += 1
+    return count
+
+
+def quant_config(chosen: Mapping[str, tuple[bool, bool]], algorithm: str) -> dict[str, Any]:
+    """ModelOpt's quantize config for exactly the ``chosen`` layers (every other quantizer disabled)."""
+    entries: list[dict[str, Any]] = [{"quantizer_name": "*", "enable": False}]
+    for name, (weights, activations) in chosen.items():
+        if weights:
+            entries.append({"quantizer_name": f"{name}.weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}})
+        if activations:
+            entries.append(
+                {"quantizer_name": f"{name}.input_quantizer", "cfg": {"num_bits": 8, "axis": None}}
+            )
+    return {"quant_cfg": entries, "algorithm": algorithm}
+
+
+def _int8_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> int:
+    """Replace each fake-quantized weight in ``state_dict`` by its int8 codes (in place); returns how many layers.
+
+    ``code = round(fq(w) * 127 / amax)``: ``code * amax / 127`` gives back the fake-quantized weight, which the
+    restored model's quantizer maps onto itself, so outputs do not change.
+    """
+    done: dict[int, torch.Tensor] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        quantizer = getattr(module, "weight_quantizer", None)
+        key = f"{name}.weight" if name else "weight"
+        if quantizer is None or not quantizer.is_enabled or key not in state_dict:
+            continue
+        amax = state_dict.get(f"{key}_quantizer._amax")
+        if amax is None or getattr(quantizer, "num_bits", None) != 8:
+            continue
+        if id(module) not in done:  # a shared head is one module under several names: one int8 copy
+            with torch.no_grad():
+                fake = quantizer(module.weight.detach())
+                step = amax.float() / INT8_MAX
+                codes = torch.where(step > 0, fake / step.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+                done[id(module)] = codes.round().clamp(-128, 127).to(torch.int8)
+        state_dict[key] = done[id(module)]
+    return len(done)
+
+
+def _float_weights(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Undo :func:`_int8_weights` in place: int8 codes times ``amax / 127`` (float32)."""
+    for key, value in list(state_dict.items()):
+        if value.dtype != torch.int8 or not key.endswith("weight"):
+            continue
+        amax = state_dict.get(f"{key}_quantizer._amax")
+        if amax is None:
+            raise CheckpointError(f"{source}: int8 weight {key} has no {key}_quantizer._amax scale.")
+        state_dict[key] = value.float() * (amax.float() / INT8_MAX)
+
+
+def quantize_checkpoint_modelopt(
+    checkpoint: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    mode: str,
+    rules: Sequence[LayerRule],
+    keep_float: Sequence[str],
+    algorithm: str = "minmax",
+    calibration: Callable[[Sequence[float], Sequence[float]], Iterable[np.ndarray]] | None = None,
+    encryption_key: str | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Quantize a ddetr checkpoint with ModelOpt (fake quantization) and write the quantized checkpoint.
+
+    Args:
+        checkpoint: the float ``.pth``.
+        out: the quantized checkpoint, written atomically.
+        mode: ``static_ptq`` (int8 weights and inputs; ``calibration`` required) or ``weight_only_ptq``.
+        rules: from :func:`ddetr.deploy.quantize_layers.parse_layers`.
+        keep_float: name patterns left float (``keep_float`` + ``skip_names``).
+        algorithm: ``quantize.algorithm``: ``minmax``/``max`` (ModelOpt ``max``) or ``mse``.
+        calibration: ``calibration(mean, std)`` -> float32 batches (B, 3, H, W) normalised with the checkpoint's
+            mean and std, resized as evaluation resizes (static_ptq; unused in weight_only_ptq).
+        encryption_key: reads an encrypted checkpoint; when non-empty ``out`` is written encrypted.
+
+    Returns:
+        The quantized model (eval mode, fake-quant) and the ``quantization`` note written into the checkpoint.
+
+    Raises:
+        UnavailableError: ModelOpt missing. CheckpointError: already quantized. SpecError: unknown algorithm, or
+            the rules leave no layer to quantize.
+    """
+    from ddetr.checkpoint import build_model_from_checkpoint, save_checkpoint
+
+    if algorithm not in TORCH_ALGORITHMS:
+        raise SpecError(
+            f"quantize.algorithm: {algorithm!r} is not available with modelopt.pytorch; use one of "
+            f"{', '.join(TORCH_ALGORITHMS)} (entropy: quantize.backend=modelopt.onnx)."
+        )
+    mtq, mto = _modelopt_torch("quantize.backend=modelopt.pytorch")
+    model, info = build_model_from_checkpoint(checkpoint, encryption_key=encryption_key)
+    if info.raw.get("quantization"):
+        raise CheckpointError(f"quantize.model_path: {checkpoint} is already quantized.")
+    baked = bake_batch_norms(model)
+    chosen = select_layers(model, rules, keep_float)
+    if not chosen:
+        raise SpecError(
+            "quantize.layers / skip_names: no Conv2d or Linear layer is left to quantize; check the patterns."
+        )
+    static = mode == "static_ptq"
+    if static and calibration is None:
+        raise SpecError(
+            "quantize.mode=static_ptq: calibration images are needed (quant_calibration_data_sources)."
+        )
+    images = 0
+
+    def forward_loop(module: nn.Module) -> None:
+        nonlocal images
+        from ddetr.runtime.base import ModelInfo
+
+        aug = ((info.spec or {}).get("dataset") or {}).get("augmentation") or {}
+        mean, std = aug.get("input_mean", ModelInfo.mean), aug.get("input_std", ModelInfo.std)
+        for batch in calibration(mean, std) if calibration else ():
+            module(torch.from_numpy(batch))
+            images += batch.shape[0]
+
+    with torch.no_grad(), _quiet():
+        config = quant_config(chosen, TORCH_ALGORITHMS[algorithm])
+        model = mtq.quantize(model, config, forward_loop=forward_loop if static else None)
+    model.eval()
+    state_dict = dict(model.state_dict())
+    stored = _int8_weights(model, state_dict)
+    note = {
+        "backend": "modelopt.pytorch",
+        "mode": mode,
+        "format": "fake-quant",
+        "algorithm": TORCH_ALGORITHMS[algorithm],
+        "weights": "int8 per-channel symmetric",
+        "activations": "int8 per-tensor" if static else "float",
+        "layers": len(chosen),
+        "weight_only_layers": sum(1 for w, a in chosen.values() if w and not a),
+        "int8_weights_stored": stored,
+        "baked_batch_norms": baked,
+        "keep_float": list(keep_float),
+        "calibration_images": images,
+        "modelopt_version": _modelopt_version(),
+    }
+    save_checkpoint(
+        out,
+        state_dict=state_dict,
+        model=info.model,
+        num_classes=info.num_classes,
+        class_names=info.class_names,
+        spec=info.spec,
+        extra={"quantization": note, "modelopt_state": mto.modelopt_state(model)},
+        encryption_key=encryption_key,
+    )
+    logger.info(
+        "ModelOpt %s: %d layers quantized (%d int8 weights stored), %d calibration images -> %s",
+        mode,
+        len(chosen),
+        stored,
+        images,
+        out,
+    )
+    return model, note
+
+
+def _modelopt_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nvidia-modelopt")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def restore_quantized_model(model: nn.Module, info: Any) -> nn.Module:
+    """Give a freshly built float model the layout of a ``modelopt.pytorch`` checkpoint, ready to load its weights.
+
+    Bakes the batch norms, re-inserts ModelOpt's quantizers from ``modelopt_state`` and turns the stored int8
+    weights of ``info.state_dict`` back into float (in place).
+
+    Args:
+        model: ``DeformableDETR.from_config`` of the checkpoint's model section.
+        info: the checkpoint's :class:`ddetr.checkpoint.CheckpointInfo`.
+
+    Returns:
+        The model to load ``info.state_dict`` into (ModelOpt converts it in place and returns it).
+
+    Raises:
+        UnavailableError: ModelOpt is not installed. CheckpointError: no ``modelopt_state`` in the checkpoint.
+    """
+    state = info.raw.get("modelopt_state")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(
+            f"{info.path}: a modelopt.pytorch checkpoint without its 'modelopt_state' entry."
+        )
+    _, mto = _modelopt_torch(f"{info.path} (a modelopt.pytorch quantized checkpoint)")
+    bake_batch_norms(model)
+    with _quiet():
+        model = mto.restore_from_modelopt_state(model, dict(state))
+    _float_weights(info.state_dict, str(info.path))
+    return model
+
+
+# ------------------------------------------------------------------------------------------ modelopt.onnx
+
+
+def quantize_onnx_modelopt(
+    float_onnx: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    calibration: Iterable[np.ndarray],
+    metadata: Mapping[str, Any],
+    *,
+    rules: Sequence[LayerRule],
+    keep_float: Sequence[str],
+    algorithm: str = "minmax",
+) -> dict[str, Any]:
+    """ModelOpt INT8 PTQ of a ddetr ONNX export (QDQ following TensorRT's rules), on the CPU.
+
+    Args:
+        float_onnx: a plain (not encrypted) standard-op ddetr export.
+        output: the quantized file, written atomically with ``metadata`` plus the ``quantization`` note.
+        calibration: float32 batches (B, 3, H, W) at the file's input size, preprocessed as inference does.
+        metadata: the float file's ``ddetr`` metadata.
+        rules, keep_float: which Conv/MatMul/Gemm nodes are quantized (:func:`onnx_nodes_to_exclude`).
+        algorithm: ``minmax``/``max`` (ModelOpt ``max``) or ``entropy``.
+
+    Returns:
+        The ``quantization`` note.
+
+    Raises:
+        UnavailableError: ModelOpt (or an ONNX tool it imports) missing. SpecError: unknown algorithm.
+        RuntimeError: ModelOpt failed (its last error line is in the message, the rest in the log).
+    """
+    import onnx
+
+    from ddetr.deploy.onnx_export import INPUT_NAME, set_metadata
+    from ddetr.fileio import atomic_write_bytes
+
+    if algorithm not in ONNX_ALGORITHMS:
+        raise SpecError(
+            f"quantize.algorithm: {algorithm!r} is not available with modelopt.onnx; use one of "
+            f"{', '.join(ONNX_ALGORITHMS)}."
+        )
+    require_modelopt("modelopt.onnx")
+    out = Path(output)
+    proto = onnx.load(str(float_onnx), load_external_data=False)
+    excluded = onnx_nodes_to_exclude(proto, rules, keep_float)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".modelopt.") as tmp:
+        work = Path(tmp)
+        data = np.ascontiguousarray(np.concatenate(list(calibration)), dtype=np.float32)
+        np.save(work / "calibration.npy", data)
+        args = {
+            "onnx_path": str(float_onnx),
+            "output_path": str(work / "quantized.onnx"),
+            "calibration_data": str(work / "calibration.npy"),
+            "input_name": INPUT_NAME,
+            "calibration_method": ONNX_ALGORITHMS[algorithm],
+            # ModelOpt reads these as regular expressions matched at the start of node names
+            "nodes_to_exclude": [re.escape(name) + "$" for name in excluded],
+        }
+        (work / "args.json").write_text(json.dumps(args))
+        _run_onnx_worker(work / "args.json")
+        quantized = onnx.load(str(work / "quantized.onnx"))
+        note = {
+            "backend": "modelopt.onnx",
+            "mode": "static_ptq",
+            "format": "QDQ",
+            "weights": "int8 per-channel symmetric",
+            "activations": "int8 per-tensor",
+            "calibrate_method": ONNX_ALGORITHMS[algorithm],
+            "calibration_images": int(data.shape[0]),
+            "keep_float": list(keep_float),
+            "excluded_nodes": len(excluded),
+            "modelopt_version": _modelopt_version(),
+        }
+        set_metadata(quantized, {**metadata, "quantization": note})
+        atomic_write_bytes(out, quantized.SerializeToString())
+    logger.info("ModelOpt ONNX INT8: %s -> %s (%d nodes kept float).", float_onnx, out, len(excluded))
+    return note
+
+
+def _run_onnx_worker(args_file: Path) -> None:
+    """Run :func:`_onnx_worker` in a child Python (ModelOpt's ONNX Runtime patches stay there)."""
+    import ddetr
+
+    env = dict(os.environ)
+    source = str(Path(ddetr.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH", "")) if p)
+    result = subprocess.run(
+        [sys.executable, "-m", "ddetr.deploy.quantize_modelopt", str(args_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    log = (result.stdout + result.stderr).strip()
+    if result.returncode != 0:
+        logger.error("ModelOpt ONNX quantization output:\n%s", log)
+        last = next((line for line in reversed(log.splitlines()) if line.strip()), "no output")
+        raise RuntimeError(f"ModelOpt ONNX quantization failed (exit {result.returncode}): {last.strip()}")
+    logger.debug("ModelOpt ONNX quantization output:\n%s", log)
+
+
+def _onnx_worker(args_file: str) -> None:
+    """Child process: ``modelopt.onnx.quantization.quantize`` with the arguments in ``args_file`` (JSON)."""
+    args = json.loads(Path(args_file).read_text())
+    data = np.load(args.pop("calibration_data"))
+    input_name = args.pop("input_name")
+    with _quiet():
+        from modelopt.onnx.quantization import quantize
+
+    quantize(
+        quantize_mode="int8",
+        calibration_data={input_name: data},
+        calibration_eps=["cpu"],
+        # keep what is not quantized in float32 (the default fp16 is slower and less exact on the CPU), and
+        # store the int8 weights with a DequantizeLinear only (4x smaller than float weights + Q/DQ)
+        high_precision_dtype="fp32",
+        dq_only=True,
+        log_level="WARNING",
+        **args,
+    )
+
+
+if __name__ == "__main__":
+    _onnx_worker(sys.argv[1])
