@@ -114,18 +114,16 @@ def load_quantized_model(
     Raises:
         CheckpointError: not a torchao-quantized ddetr checkpoint. UnavailableError: torchao missing.
     """
-    from ddetr.checkpoint import load_checkpoint, load_into_model
-    from ddetr.model.detector import DeformableDETR
+    from ddetr.checkpoint import build_model_from_checkpoint
 
-    info = load_checkpoint(Path(path), encryption_key=encryption_key)
+    # the same build as every other checkpoint (frozen batch norm, quantized layout), so a checkpoint trained
+    # with model.freeze_backbone_bn=false loads too
+    model, info = build_model_from_checkpoint(Path(path), encryption_key=encryption_key)
     note = info.raw.get("quantization") or {}
     if note.get("backend") != "torchao" or note.get("recipe") != RECIPE:
         raise CheckpointError(
             f"{path}: not a torchao {RECIPE} checkpoint (quantization entry: {note or None})."
         )
-    model = DeformableDETR.from_config(info.model, info.num_classes).eval()
-    prepare_model(model, note)
-    load_into_model(model, info.state_dict, str(info.path))
     return model, info
 
 
