@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _NOISY_LOGGERS = ("matplotlib", "PIL", "fsspec", "urllib3", "botocore", "numexpr")
+# libraries' notes to their own developers (torchao/ModelOpt registering pytree types), shown only with -v
+_CHATTER_LOGGERS = ("torch.utils._pytree",)
 
 
 class _StripStream:
@@ -118,6 +120,8 @@ def setup_logging(verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in _NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for chatter in _CHATTER_LOGGERS:
+        logging.getLogger(chatter).setLevel(logging.DEBUG if verbose else logging.ERROR)
     if not any(isinstance(h, RichHandler) for h in root.handlers):
         if sys.stderr.isatty():
             console = Console(stderr=True)

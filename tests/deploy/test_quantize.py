@@ -87,6 +87,18 @@ def test_torchao_checkpoint_loads_back(tiny_checkpoint: Path, tmp_path: Path) ->
     torch.testing.assert_close(logits, a.pred_logits, atol=0, rtol=0)
 
 
+def test_torchao_quantizes_a_backbone_trained_with_live_batch_norm(make_checkpoint, tmp_path: Path) -> None:
+    """The demo recipe (model.freeze_backbone_bn=false) stores live batch-norm buffers; they quantize and load."""
+    from ddetr.deploy.quantize_torchao import load_quantized_model, quantize_checkpoint_torchao
+
+    checkpoint = make_checkpoint(freeze_backbone_bn=False)
+    model, _ = quantize_checkpoint_torchao(checkpoint, tmp_path / "q.pth")
+    loaded, _ = load_quantized_model(tmp_path / "q.pth")
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images).pred_logits, model(images).pred_logits, atol=0, rtol=0)
+
+
 def _section(spec_args: list[str], *extra: str):
     return load_spec(None, [*spec_args, *extra])
 
@@ -180,3 +192,28 @@ def test_quantize_action_torchao_report(spec_args: list[str], spec_checkpoint: P
     assert report["backend"] == "torchao" and report["quantized_model"].endswith("model_int8_wo.pth")
     assert report["size_bytes"]["after"] < report["size_bytes"]["before"]
     assert 0.0 <= report["mAP"]["after"] <= 1.0
+
+
+def test_report_sizes_count_weights_not_optimizer_state(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A training checkpoint's optimizer state is not model size: the report compares weights."""
+    import io
+
+    from ddetr.checkpoint import load_checkpoint, save_checkpoint
+    from ddetr.tasks.quantize import weights_bytes
+
+    info = load_checkpoint(tiny_checkpoint)
+
+    def moments() -> dict[str, torch.Tensor]:  # AdamW keeps two per weight
+        return {k: torch.zeros_like(v) for k, v in info.state_dict.items() if v.is_floating_point()}
+
+    training = save_checkpoint(
+        tmp_path / "with_optimizer.pth",
+        state_dict=info.state_dict,
+        model=info.model,
+        num_classes=info.num_classes,
+        extra={"optimizer_states": [{"exp_avg": moments(), "exp_avg_sq": moments()}]},
+    )
+    buffer = io.BytesIO()
+    torch.save(info.state_dict, buffer)
+    assert weights_bytes(training) == weights_bytes(tiny_checkpoint) == buffer.tell()
+    assert training.stat().st_size > 2 * weights_bytes(training)

@@ -18,28 +18,24 @@ def _eval_pairs(spec: Any) -> list[tuple[str, str]]:
     return pairs or resolve_sources(spec.dataset.val_data_sources)
 
 
-def _predictor(path: str, quantization: dict[str, Any] | None, encryption_key: str | None = None) -> Any:
-    from ddetr.runtime import load_predictor
+def weights_bytes(path: str | Path, encryption_key: str | None = None) -> int:
+    """Bytes of a model's weights: an ONNX file's size, or a checkpoint's state dict serialised alone.
 
-    if path.endswith(".pth") and quantization and quantization.get("backend") == "torchao":
-        from ddetr.deploy.evaluation import ModulePredictor
-        from ddetr.deploy.quantize_torchao import load_quantized_model
-        from ddetr.runtime.base import ModelInfo
+    A training checkpoint also holds the optimizer state (about twice the weights with AdamW), which is not
+    part of the model a quantizer shrinks, so comparing file sizes would flatter the quantized file.
+    """
+    import io
 
-        model, info = load_quantized_model(path, encryption_key)
+    import torch
 
-        aug = ((info.spec or {}).get("dataset") or {}).get("augmentation") or {}
-        return ModulePredictor(
-            model,
-            ModelInfo(
-                num_classes=info.num_classes,
-                class_names=list(info.class_names or []),
-                mean=tuple(aug.get("input_mean", ModelInfo.mean)),
-                std=tuple(aug.get("input_std", ModelInfo.std)),
-                num_queries=info.model.num_queries,
-            ),
-        )
-    return load_predictor(path, encryption_key=encryption_key)
+    from ddetr.checkpoint import load_checkpoint
+
+    file = Path(path)
+    if file.suffix.lower() == ".onnx":
+        return file.stat().st_size
+    buffer = io.BytesIO()
+    torch.save(load_checkpoint(file, encryption_key=encryption_key).state_dict, buffer)
+    return buffer.tell()
 
 
 def run(spec: Any) -> dict[str, Any]:
@@ -47,6 +43,7 @@ def run(spec: Any) -> dict[str, Any]:
     from ddetr.deploy.evaluation import evaluate_predictor
     from ddetr.deploy.quantize import plan_quantization, quantize
     from ddetr.fileio import atomic_write_text
+    from ddetr.runtime import load_predictor
     from ddetr.status import StatusLogger
     from ddetr.tasks.common import action_dir, prepare_results_dir
 
@@ -58,14 +55,14 @@ def run(spec: Any) -> dict[str, Any]:
     )
     out_dir = prepare_results_dir(spec, "quantize")
     status = StatusLogger(out_dir / "status.json")
-    status.write(status="STARTED", message=f"Quantizing {plan.model_path} with {plan.backend} ({plan.mode}).")
-    try:
+    with status.action(f"Quantizing {plan.model_path} with {plan.backend} ({plan.mode})."):
         if section.device.startswith("cuda"):  # TAO's default; every back end here calibrates on the CPU
             import torch
 
             why = "ddetr's quantize back ends run on the CPU" if torch.cuda.is_available() else "no GPU found"
             logger.warning("quantize.device=%s: quantizing on the CPU (%s).", section.device, why)
         done = quantize(plan, spec)
+        key = spec.encryption_key or None
         report: dict[str, Any] = {
             "backend": plan.backend,
             "mode": plan.mode,
@@ -73,7 +70,11 @@ def run(spec: Any) -> dict[str, Any]:
             "float_model": done["float_model"],
             "quantized_model": done["output"],
             "quantization": done["quantization"],
-            "size_bytes": {
+            "size_bytes": {  # the weights (a .pth file also holds optimizer state): what quantization shrinks
+                "before": weights_bytes(done["float_model"], key),
+                "after": weights_bytes(done["output"], key),
+            },
+            "file_bytes": {
                 "before": Path(done["float_model"]).stat().st_size,
                 "after": Path(done["output"]).stat().st_size,
             },
@@ -88,9 +89,10 @@ def run(spec: Any) -> dict[str, Any]:
                 "max_size": aug.random_resize_max_size,
                 "batch_size": 1,
             }
-            key = spec.encryption_key
-            before = evaluate_predictor(_predictor(done["float_model"], None, key), pairs, **kwargs)
-            after = evaluate_predictor(_predictor(done["output"], done["quantization"], key), pairs, **kwargs)
+            before = evaluate_predictor(
+                load_predictor(done["float_model"], encryption_key=key), pairs, **kwargs
+            )
+            after = evaluate_predictor(load_predictor(done["output"], encryption_key=key), pairs, **kwargs)
             report["mAP"] = {"before": before["mAP"], "after": after["mAP"]}
             report["mAP50"] = {"before": before["mAP50"], "after": after["mAP50"]}
             report["eval_images"] = before["images"]
@@ -100,7 +102,7 @@ def run(spec: Any) -> dict[str, Any]:
         atomic_write_text(out_dir / "quantize_report.json", json.dumps(report, indent=2))
         mAP = report["mAP"]
         logger.info(
-            "Quantized %s -> %s: size %.1f MB -> %.1f MB%s",
+            "Quantized %s -> %s: weights %.1f MB -> %.1f MB%s",
             plan.model_path,
             plan.output,
             report["size_bytes"]["before"] / 1e6,
@@ -110,6 +112,3 @@ def run(spec: Any) -> dict[str, Any]:
         kpi = {"mAP_before": mAP["before"], "mAP_after": mAP["after"]} if mAP else None
         status.write(status="SUCCESS", message=f"Quantized model: {plan.output}.", kpi=kpi)
         return report
-    except Exception as exc:
-        status.write(status="FAILURE", message=f"{type(exc).__name__}: {exc}")
-        raise
