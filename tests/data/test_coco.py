@@ -15,11 +15,7 @@ from PIL import Image
 from ddetr.data.coco import CocoDetection, check_min_size, load_image
 from ddetr.errors import DataError
 
-BCCD = (
-    Path(os.environ.get("DDETR_SHARED") or Path(__file__).resolve().parents[3] / "shared")
-    / "datasets"
-    / "bccd"
-)
+BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 
 
 def _rgb(w: int = 40, h: int = 30, colour: tuple[int, int, int] = (200, 30, 30)) -> Image.Image:

@@ -25,11 +25,7 @@ from ddetr.data.formats import (
 )
 from ddetr.errors import DataError
 
-BCCD = (
-    Path(os.environ.get("DDETR_SHARED") or Path(__file__).resolve().parents[3] / "shared")
-    / "datasets"
-    / "bccd"
-)
+BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 
 
 @pytest.fixture(autouse=True)

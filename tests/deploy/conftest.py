@@ -13,11 +13,7 @@ from ddetr.model.detector import DeformableDETR
 from ddetr.spec.load import load_spec
 from ddetr.spec.sections import ModelSection
 
-BCCD = (
-    Path(os.environ.get("DDETR_SHARED") or Path(__file__).resolve().parents[3] / "shared")
-    / "datasets"
-    / "bccd"
-)
+BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 CLASS_NAMES = ["", "circle", "square", "triangle"]
 
 

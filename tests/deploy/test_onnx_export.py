@@ -18,11 +18,7 @@ from ddetr.deploy.onnx_export import export_onnx, read_metadata
 from ddetr.deploy.trt_plugin import PLUGIN_INPUTS, PLUGIN_OP, with_plugin_attention
 from ddetr.errors import CheckpointError, SpecError
 
-BCCD = (
-    Path(os.environ.get("DDETR_SHARED") or Path(__file__).resolve().parents[3] / "shared")
-    / "datasets"
-    / "bccd"
-)
+BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 
 
 def bccd_val_images(count: int) -> list[Path]:

@@ -24,11 +24,7 @@ from ddetr.spec.load import load_spec
 from ddetr.spec.sections import ModelSection
 from ddetr.tasks import evaluate, inference, quantize
 
-BCCD = (
-    Path(os.environ.get("DDETR_SHARED") or Path(__file__).resolve().parents[3] / "shared")
-    / "datasets"
-    / "bccd"
-)
+BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 
 
 def _bccd_images(count: int) -> list[Path]:

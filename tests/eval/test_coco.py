@@ -12,11 +12,7 @@ import torch
 from ddetr.eval.coco import STAT_NAMES, CocoEvaluator, evaluate_detections
 from ddetr.model.boxes import box_xywh_to_xyxy
 
-REF = (
-    Path(os.environ.get("DDETR_SHARED") or Path(__file__).resolve().parents[3] / "shared")
-    / "datasets"
-    / "coco_eval_ref"
-)
+REF = Path(os.environ["DDETR_SHARED"]) / "datasets" / "coco_eval_ref"
 GT = REF / "instances_val2014_100.json"
 DETS = REF / "instances_val2014_fakebbox100_results.json"
 

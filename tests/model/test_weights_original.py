@@ -23,11 +23,7 @@ from ddetr.model.weights import (
 )
 from ddetr.spec.sections import ModelSection
 
-REFERENCE = (
-    Path(os.environ.get("DDETR_SHARED") or Path(__file__).resolve().parents[3] / "shared")
-    / "docs"
-    / "reference"
-)
+REFERENCE = Path(os.environ["DDETR_SHARED"]) / "docs" / "reference"
 
 # variant -> the original code's command-line flags
 VARIANTS = {

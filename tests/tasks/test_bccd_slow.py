@@ -12,11 +12,7 @@ import pytest
 from ddetr.cli import main
 from ddetr.status import read_status
 
-BCCD = (
-    Path(os.environ.get("DDETR_SHARED") or Path(__file__).resolve().parents[3] / "shared")
-    / "datasets"
-    / "bccd"
-)
+BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 
 
 @pytest.mark.slow

@@ -17,11 +17,7 @@ from PIL import Image
 from ddetr.cli import main
 from ddetr.status import read_status
 
-BCCD = (
-    Path(os.environ.get("DDETR_SHARED") or Path(__file__).resolve().parents[3] / "shared")
-    / "datasets"
-    / "bccd"
-)
+BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 DDETR = Path(sys.executable).parent / "ddetr"
 
 
