@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from collections.abc import Callable
@@ -93,3 +94,13 @@ def tiny_overrides() -> Callable[[dict, Path], list[str]]:
 def tiny_spec_args(tiny_data: dict, tmp_path: Path) -> list[str]:
     """Overrides of a tiny experiment writing into a fresh results_dir."""
     return _tiny_overrides(tiny_data, tmp_path / "results")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """``ddetr.cli.main()`` configures the root logger; undo it so every test sees pytest's setup."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

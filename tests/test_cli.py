@@ -2,69 +2,44 @@
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from cli_helpers import one_error_line, run_ddetr
 from ddetr import __version__
 from ddetr.cli import main
 
-DDETR = Path(sys.executable).parent / "ddetr"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() configures the root logger; undo it so other tests see pytest's setup."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(DDETR), *args], capture_output=True, text=True, timeout=120, cwd=cwd)
-
-
-def _one_error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    return errors[0]
-
 
 def test_missing_spec_file(tmp_path):
-    line = _one_error_line(_run("train", "-e", str(tmp_path / "nope.yaml")))
+    line = one_error_line(run_ddetr("train", "-e", str(tmp_path / "nope.yaml")))
     assert "nope.yaml" in line and "not found" in line
 
 
 def test_unknown_key_suggests_the_closest_name(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("model:\n  num_querys: 100\n")
-    line = _one_error_line(_run("train", "-e", str(spec)))
+    line = one_error_line(run_ddetr("train", "-e", str(spec)))
     assert "num_querys" in line and "did you mean 'num_queries'" in line
 
 
 def test_wrong_type():
-    line = _one_error_line(_run("evaluate", "train.num_epochs=ten"))
+    line = one_error_line(run_ddetr("evaluate", "train.num_epochs=ten"))
     assert "train.num_epochs" in line and "expected an integer" in line and "'ten'" in line
 
 
 def test_out_of_range_with_overrides_before_and_after_the_spec(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("train:\n  num_epochs: 2\n")
-    line = _one_error_line(
-        _run("train", "dataset.batch_size=2", "-e", str(spec), "model.num_feature_levels=9")
+    line = one_error_line(
+        run_ddetr("train", "dataset.batch_size=2", "-e", str(spec), "model.num_feature_levels=9")
     )
     assert "model.num_feature_levels" in line and "9" in line and "between 1 and 5" in line
 
 
 def test_default_specs_with_results_dir_override_only(tmp_path):
-    proc = _run("default_specs", f"results_dir={tmp_path}")
+    proc = run_ddetr("default_specs", f"results_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "train.yaml").is_file() and (tmp_path / "automl.yaml").is_file()
 
@@ -77,11 +52,11 @@ def test_python_dash_m_and_version():
 
 
 def test_unknown_action_is_a_one_line_error():
-    assert "invalid choice" in _one_error_line(_run("fly"))
+    assert "invalid choice" in one_error_line(run_ddetr("fly"))
 
 
 def test_argument_that_is_not_an_override(tmp_path):
-    assert "'--nonsense' is not key=value" in _one_error_line(_run("train", "--nonsense"))
+    assert "'--nonsense' is not key=value" in one_error_line(run_ddetr("train", "--nonsense"))
 
 
 # In-process checks of the dispatch (cheap, no subprocess).

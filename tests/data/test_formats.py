@@ -7,7 +7,6 @@ files here, converted back with ``ddetr convert``, and compared box by box with 
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -26,16 +25,6 @@ from ddetr.data.formats import (
 from ddetr.errors import DataError
 
 BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() configures the root logger; undo it so other tests see pytest's setup."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- writers (test side)

@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from PIL import Image
 
-DDETR = Path(sys.executable).parent / "ddetr"
-
-
-def _run(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(DDETR), *map(str, args)], capture_output=True, text=True, timeout=120)
-
-
-def _one_error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    return errors[0]
+from cli_helpers import one_error_line, run_ddetr
 
 
 def _dataset(tmp_path: Path) -> tuple[Path, Path]:
@@ -36,19 +22,19 @@ def _dataset(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_help_explains_the_formats_and_flags() -> None:
-    proc = _run("convert", "--help")
+    proc = run_ddetr("convert", "--help")
     assert proc.returncode == 0, proc.stderr
     for text in ("{voc,kitti,yolo}", "--images DIR", "--labels DIR", "--classes FILE", "-o OUT.json",
                  "xmin - 1", "DontCare", "cx cy w h", "dataset.num_classes", "--skip-unlisted"):  # fmt: skip
         assert text in proc.stdout
-    assert "convert" in _run("--help").stdout
+    assert "convert" in run_ddetr("--help").stdout
 
 
 def test_summary_and_classmap(tmp_path: Path) -> None:
     images, labels = _dataset(tmp_path)
     (tmp_path / "data.yaml").write_text("names: [leaf, stem]\n")
     out, classmap = tmp_path / "coco" / "train.json", tmp_path / "classmap.txt"
-    proc = _run("convert", "yolo", "--images", images, "--labels", labels, "--classes", tmp_path / "data.yaml",
+    proc = run_ddetr("convert", "yolo", "--images", images, "--labels", labels, "--classes", tmp_path / "data.yaml",
                 "-o", out, "--classmap", classmap)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -66,15 +52,15 @@ def test_bad_label_is_one_line_and_nothing_is_written(tmp_path: Path) -> None:
     images, labels = _dataset(tmp_path)
     (labels / "c.txt").write_text("0 0.5 0.5 0.1 0.1\n0 0.5 0.5\n")
     out = tmp_path / "train.json"
-    line = _one_error_line(_run("convert", "yolo", "--images", images, "--labels", labels, "-o", out))
+    line = one_error_line(run_ddetr("convert", "yolo", "--images", images, "--labels", labels, "-o", out))
     assert f"{labels / 'c.txt'}:2: expected 5 fields" in line
     assert not out.exists() and not list(tmp_path.glob(".train.json*"))
 
-    line = _one_error_line(_run("convert", "kitti", "--images", images, "--labels", labels, "-o", out,
+    line = one_error_line(run_ddetr("convert", "kitti", "--images", images, "--labels", labels, "-o", out,
                                 "--drop-difficult"))  # fmt: skip
     assert "--drop-difficult applies to VOC labels only" in line
-    assert "invalid choice" in _one_error_line(_run("convert", "coco", "--images", images, "--labels", labels,
+    assert "invalid choice" in one_error_line(run_ddetr("convert", "coco", "--images", images, "--labels", labels,
                                                     "-o", out))  # fmt: skip
-    assert "unrecognized arguments: extra=1" in _one_error_line(
-        _run("convert", "yolo", "--images", images, "--labels", labels, "-o", out, "extra=1")
+    assert "unrecognized arguments: extra=1" in one_error_line(
+        run_ddetr("convert", "yolo", "--images", images, "--labels", labels, "-o", out, "extra=1")
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -19,16 +18,6 @@ from ddetr.status import read_status
 
 BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 DDETR = Path(sys.executable).parent / "ddetr"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() configures the root logger; undo it so other tests see pytest's setup."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def _source(image_dir: Path, json_file: Path) -> str:
