@@ -179,17 +179,6 @@ def write_bytes_atomic(
     return atomic_write_bytes(path, payload)
 
 
-def encrypt_file_in_place(path: str | os.PathLike[str], key: str | None) -> Path:
-    """Encrypt an existing plain file (written by a library that only writes to paths) atomically.
-
-    Does nothing when ``key`` is empty or the file is already encrypted.
-    """
-    file = Path(path)
-    if key and not is_encrypted(file):
-        write_bytes_atomic(file, file.read_bytes(), key)
-    return file
-
-
 def plain_copy(path: str | os.PathLike[str], key: str | None, folder: str | os.PathLike[str]) -> Path:
     """A path to the plaintext of ``path`` for libraries that only read paths.
 

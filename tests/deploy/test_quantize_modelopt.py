@@ -389,3 +389,31 @@ def test_quantize_action_modelopt_onnx_report(
     batches = iter([images[:1].numpy(), images[1:].numpy()])
     ort_note = quantize_onnx_static(f_onnx, tmp_path / "ort_int8.onnx", batches)
     assert ort_note["backend"] == "onnxruntime" and (tmp_path / "ort_int8.onnx").is_file()
+
+
+def test_modelopt_onnx_with_key_is_never_plain_under_its_name(tiny_onnx: Path, tmp_path: Path) -> None:
+    """The encrypted output is written in one atomic step: no plain file under its final name, no leftovers."""
+    from ddetr.crypto import is_encrypted
+    from ddetr.deploy.onnx_export import read_metadata
+    from ddetr.deploy.quantize_layers import parse_layers
+    from ddetr.deploy.quantize_modelopt import quantize_onnx_modelopt
+    from ddetr.runtime.onnx_backend import OnnxPredictor
+
+    out = tmp_path / "q.onnx"
+    images = _images((96, 64))
+    note = quantize_onnx_modelopt(
+        tiny_onnx,
+        out,
+        [images.numpy()],
+        read_metadata(tiny_onnx),
+        rules=parse_layers([], "static_ptq"),
+        keep_float=list(DEFAULT_KEEP_FLOAT),
+        encryption_key="s3cret",
+    )
+    assert note["backend"] == "modelopt.onnx"
+    assert is_encrypted(out) and [p.name for p in tmp_path.iterdir()] == ["q.onnx"]
+    with pytest.raises(CheckpointError, match="is encrypted"):
+        OnnxPredictor(out)
+    q_logits, _ = OnnxPredictor(out, encryption_key="s3cret")(images)
+    f_logits, _ = OnnxPredictor(tiny_onnx)(images)
+    assert q_logits.shape == f_logits.shape and 0 < (q_logits - f_logits).abs().max() < 1.0

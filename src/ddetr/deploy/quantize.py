@@ -205,7 +205,7 @@ def onnx_input(
 
 def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
     """Run the plan; returns ``{"output", "float_model", "quantization"}`` (paths as str)."""
-    from ddetr.crypto import encrypt_file_in_place, plain_copy
+    from ddetr.crypto import plain_copy
     from ddetr.deploy.evaluation import calibration_batches, list_calibration_images
 
     key = spec.encryption_key or None
@@ -274,8 +274,8 @@ def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
                 rules=plan.rules,
                 keep_float=keep_float,
                 algorithm=spec.quantize.algorithm,
+                encryption_key=key,
             )
-            encrypt_file_in_place(plan.output, key)
         float_model = plan.model_path
         if float_onnx != plan.model_path:  # keep the float export beside the quantized file, for the report
             float_model = plan.output.with_name(f"{plan.model_path.stem}_fp32.onnx")

@@ -369,6 +369,7 @@ def quantize_onnx_modelopt(
     rules: Sequence[LayerRule],
     keep_float: Sequence[str],
     algorithm: str = "minmax",
+    encryption_key: str | None = None,
 ) -> dict[str, Any]:
     """ModelOpt INT8 PTQ of a ddetr ONNX export (QDQ following TensorRT's rules), on the CPU.
 
@@ -379,6 +380,7 @@ def quantize_onnx_modelopt(
         metadata: the float file's ``ddetr`` metadata.
         rules, keep_float: which Conv/MatMul/Gemm nodes are quantized (:func:`onnx_nodes_to_exclude`).
         algorithm: ``minmax``/``max`` (ModelOpt ``max``) or ``entropy``.
+        encryption_key: when non-empty, ``output`` is written encrypted (never plain under its final name).
 
     Returns:
         The ``quantization`` note.
@@ -389,8 +391,8 @@ def quantize_onnx_modelopt(
     """
     import onnx
 
+    from ddetr.crypto import write_bytes_atomic
     from ddetr.deploy.onnx_export import INPUT_NAME, set_metadata
-    from ddetr.fileio import atomic_write_bytes
 
     if algorithm not in ONNX_ALGORITHMS:
         raise SpecError(
@@ -430,7 +432,7 @@ def quantize_onnx_modelopt(
             "modelopt_version": _modelopt_version(),
         }
         set_metadata(quantized, {**metadata, "quantization": note})
-        atomic_write_bytes(out, quantized.SerializeToString())
+        write_bytes_atomic(out, quantized.SerializeToString(), encryption_key)
     logger.info("ModelOpt ONNX INT8: %s -> %s (%d nodes kept float).", float_onnx, out, len(excluded))
     return note
 
