@@ -92,9 +92,11 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(THREADS)
-    from ddetr.deploy.evaluation import calibration_batches, evaluate_predictor, list_calibration_images
+    from ddetr.artefacts.onnx_file import read_card
+    from ddetr.data.calibration import calibration_batches, list_calibration_images
     from ddetr.deploy.onnx_export import export_onnx
     from ddetr.deploy.quantize_onnx import quantize_onnx_static
+    from ddetr.runtime.evaluation import evaluate_predictor
     from ddetr.runtime.onnx_backend import OnnxPredictor
     from ddetr.runtime.torch_backend import TorchPredictor
 
@@ -105,8 +107,10 @@ def main() -> int:
     size = (args.size, args.size)
     fp32 = export_onnx(checkpoint, workdir / "model.onnx", input_size=size).onnx_file
     calib = list_calibration_images(data["train"]["image_dir"], data["train"]["json_file"])[:32]
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    batches = calibration_batches(calib, batch_size=1, num_batches=32, mean=mean, std=std, input_size=size)
+    card = read_card(fp32)
+    batches = calibration_batches(
+        calib, batch_size=1, num_batches=32, mean=card.mean, std=card.std, input_size=size
+    )
     int8 = workdir / "model_int8.onnx"
     quantize_onnx_static(fp32, int8, batches)
 
@@ -126,11 +130,15 @@ def main() -> int:
     latency.update(latencies_ms(onnx_runtime, images, 2 * args.repeats))
     results = {}
     for name, predictor in predictors.items():
+        predictor.card = predictor.card.evolve(
+            num_select=30, shortest_side=args.size, max_size=args.size * 4 // 3
+        )
+        found = evaluate_predictor(predictor, pairs)
         results[name] = {
             "latency_ms": latency[name],
-            **evaluate_predictor(
-                predictor, pairs, num_select=30, test_random_resize=args.size, max_size=args.size * 4 // 3
-            ),
+            "mAP": found.mAP,
+            "mAP50": found.mAP50,
+            "images": found.images,
         }
     eager, ort32, ort8 = (results[k] for k in ("pytorch_eager", "ort_fp32", "ort_int8"))
     ratios = {

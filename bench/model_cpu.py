@@ -103,11 +103,11 @@ def worker(framework: str, phase: str, source: Path, repeats: int, budget_s: flo
     torch.set_num_threads(THREADS)
     generator = torch.Generator().manual_seed(0)
     if framework == "ddetr":
-        from ddetr.checkpoint import build_model_from_checkpoint
         from ddetr.model.criterion import build_criterion
+        from ddetr.model.detector import build_model_from_checkpoint
 
-        model, info = build_model_from_checkpoint(source)
-        criterion = build_criterion(info.model, info.num_classes)
+        model, loaded = build_model_from_checkpoint(source)
+        criterion = build_criterion(loaded.card.model, loaded.card.num_classes)
 
         def infer(images):
             return model(images)

@@ -5,7 +5,7 @@ The public Python API is what this module exports; everything else is internal.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ddetr._version import __version__
 
 __all__ = ["DeformableDETR", "__version__"]
 

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ddetr import __version__
+from ddetr._version import __version__
 from ddetr.crypto import KEY_ENV
 from ddetr.errors import DdetrError, Interrupted, SpecError
 

@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  validation mAP50: {trained.get('val_mAP50', float('nan')):.3f}  mAP: {trained.get('val_mAP', float('nan')):.3f}"
     )
-    print(f"  test mAP50:       {metrics['test_mAP50']:.3f}  mAP: {metrics['test_mAP']:.3f}")
+    print(f"  test mAP50:       {metrics.test_mAP50:.3f}  mAP: {metrics.test_mAP:.3f}")
     print(f"  checkpoint:       {checkpoint}")
-    print(f"  pictures:         {inferred['images_annotated']}")
+    print(f"  pictures:         {inferred.images_annotated}")
     print(f"  metrics:          {out / 'evaluate' / 'metrics.json'}")
     return 0
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ddetr.data.coco import CocoDetection, check_min_size, load_image
+from ddetr.data.coco import CocoDetection, check_min_size
 from ddetr.errors import DataError
+from ddetr.model.preprocess import load_image
 
 BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ddetr.data.collate import collate_detection, pad_images, preprocess_images
+from ddetr.data.collate import collate_detection
 from ddetr.data.transforms import build_transforms, to_bounding_boxes
 from ddetr.errors import DataError
+from ddetr.model.preprocess import pad_images, preprocess_images
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddetr.checkpoint import save_checkpoint
+from ddetr.artefacts.card import ModelCard
+from ddetr.artefacts.checkpoint import save_checkpoint
 from ddetr.model.detector import DeformableDETR
 from ddetr.spec.load import load_spec
-from ddetr.spec.sections import ModelSection
+from ddetr.spec.sections import ModelSection, Spec
 
 BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 CLASS_NAMES = ["", "circle", "square", "triangle"]
@@ -43,14 +44,11 @@ def write_checkpoint(
     """A random-init ddetr checkpoint of ``model_section`` with 4 classes (ids 1..3 named)."""
     torch.manual_seed(seed)
     model = DeformableDETR.from_config(model_section, 4)
-    return save_checkpoint(
-        path,
-        state_dict=model.state_dict(),
-        model=model_section,
-        num_classes=4,
-        class_names=CLASS_NAMES,
-        spec=spec,
-    )
+    if spec is None:
+        card = ModelCard(model_section, 4, tuple(CLASS_NAMES), num_select=model_section.num_select)
+    else:  # preprocessing and num_select from the spec, as training writes them
+        card = ModelCard.from_spec(Spec.model_validate(spec), CLASS_NAMES).evolve(model=model_section)
+    return save_checkpoint(path, card=card, state_dict=model.state_dict(), spec=spec)
 
 
 @pytest.fixture

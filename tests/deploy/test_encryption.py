@@ -10,8 +10,9 @@ import pytest
 import torch
 from google.protobuf.message import DecodeError
 
+from ddetr.artefacts.onnx_file import read_card
 from ddetr.crypto import MAGIC, is_encrypted
-from ddetr.deploy.onnx_export import export_onnx, read_metadata
+from ddetr.deploy.onnx_export import export_onnx
 from ddetr.errors import CheckpointError
 from ddetr.runtime import load_predictor
 from ddetr.runtime.onnx_backend import OnnxPredictor
@@ -32,7 +33,8 @@ def test_encrypted_export_is_not_onnx_on_disk(encrypted_onnx: Path, tiny_onnx: P
     assert encrypted_onnx.read_bytes().startswith(MAGIC)
     with pytest.raises(DecodeError):
         onnx.load(str(encrypted_onnx))
-    assert read_metadata(encrypted_onnx, KEY) == read_metadata(tiny_onnx)
+    assert read_card(encrypted_onnx, KEY) == read_card(tiny_onnx)
+    assert read_card(encrypted_onnx, KEY).encrypted and not read_card(tiny_onnx).encrypted
     assert [p.name for p in encrypted_onnx.parent.iterdir()] == ["tiny.onnx"]  # no plain temporary left
 
 
@@ -48,7 +50,7 @@ def test_encrypted_export_runs_like_the_plain_one(encrypted_onnx: Path, tiny_onn
 
 def test_encrypted_export_needs_the_key(encrypted_onnx: Path) -> None:
     with pytest.raises(CheckpointError, match="is encrypted; set encryption_key"):
-        read_metadata(encrypted_onnx)
+        read_card(encrypted_onnx)
     with pytest.raises(CheckpointError, match="is encrypted"):
         load_predictor(str(encrypted_onnx))
     with pytest.raises(CheckpointError, match="does not match") as info:
@@ -73,7 +75,7 @@ def test_export_action_with_key_and_deepstream_files(
     with caplog.at_level(logging.INFO):
         result = export.run(spec)
     onnx_file = Path(result["onnx_file"])
-    assert is_encrypted(onnx_file) and read_metadata(onnx_file, KEY)["input_size"] == [64, 48]
+    assert is_encrypted(onnx_file) and read_card(onnx_file, KEY).input_size == (64, 48)
     out = onnx_file.parent
     # DeepStream's files stay plain text, with one warning that DeepStream needs a plain model
     assert (out / "labels.txt").read_text().splitlines()[1] == "circle"
@@ -104,9 +106,9 @@ def test_quantize_encrypted_onnx_writes_encrypted_int8(
     report = quantize.run(spec)  # the report's before/after mAP reads both files with the key
     out = Path(report["quantized_model"])
     assert is_encrypted(out) and report["mAP"] is not None
-    assert read_metadata(out, KEY)["quantization"]["backend"] == "onnxruntime"
+    assert read_card(out, KEY).quantization["backend"] == "onnxruntime"
     with pytest.raises(CheckpointError, match="is encrypted"):
-        read_metadata(out)
+        read_card(out)
     images = torch.randn(1, 3, 64, 96)
     q_boxes = OnnxPredictor(out, encryption_key=KEY)(images)[1]
     f_boxes = OnnxPredictor(encrypted_onnx, encryption_key=KEY)(images)[1]
@@ -116,19 +118,12 @@ def test_quantize_encrypted_onnx_writes_encrypted_int8(
 
 
 def test_torchao_with_key_reads_and_writes_encrypted(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from ddetr.checkpoint import save_checkpoint
+    from ddetr.artefacts.checkpoint import load_checkpoint, save_checkpoint
     from ddetr.deploy.quantize_torchao import load_quantized_model, quantize_checkpoint_torchao
 
     source = tmp_path / "float.pth"
-    plain = torch.load(tiny_checkpoint, weights_only=True)
-    save_checkpoint(
-        source,
-        state_dict=plain["state_dict"],
-        model=plain["model"],
-        num_classes=plain["num_classes"],
-        class_names=plain["class_names"],
-        encryption_key=KEY,
-    )
+    plain = load_checkpoint(tiny_checkpoint)
+    save_checkpoint(source, card=plain.card, state_dict=plain.state_dict, encryption_key=KEY)
     model, _ = quantize_checkpoint_torchao(source, tmp_path / "q.pth", encryption_key=KEY)
     assert is_encrypted(tmp_path / "q.pth")
     loaded, _ = load_quantized_model(tmp_path / "q.pth", KEY)
@@ -145,7 +140,7 @@ def test_gen_trt_engine_plan_reads_encrypted_onnx(spec_args: list[str], encrypte
         f"gen_trt_engine.onnx_file={encrypted_onnx}",
         "gen_trt_engine.tensorrt.data_type=FP16",
     ]
-    settings, meta = gen_trt_engine.plan(load_spec(None, [*args, f"encryption_key={KEY}"]))
-    assert settings.input_shape == (3, 64, 96) and meta["num_queries"] == 10
+    settings, card = gen_trt_engine.plan(load_spec(None, [*args, f"encryption_key={KEY}"]))
+    assert settings.input_shape == (3, 64, 96) and card.num_queries == 10
     with pytest.raises(CheckpointError, match="is encrypted; set encryption_key"):
         gen_trt_engine.plan(load_spec(None, args))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ddetr.deploy.onnx_export import read_metadata
+from ddetr.artefacts.onnx_file import read_card
 from ddetr.errors import CheckpointError, SpecError
 from ddetr.spec.load import load_spec
 from ddetr.status import read_status
@@ -28,8 +28,8 @@ def test_export_action_writes_onnx_nvdsinfer_and_status(spec_args: list[str], sp
     result = export.run(spec)
     out = Path(spec.results_dir) / "export"
     assert Path(result["onnx_file"]) == out / "model.onnx"
-    meta = read_metadata(result["onnx_file"])
-    assert meta["input_size"] == [64, 48] and meta["class_names"] == ["", "circle", "square", "triangle"]
+    card = read_card(result["onnx_file"])
+    assert card.input_size == (64, 48) and card.class_names == ("", "circle", "square", "triangle")
     assert (out / "labels.txt").read_text().splitlines() == ["class_0", "circle", "square", "triangle"]
     config = (out / "nvinfer_config.txt").read_text()
     assert "onnx-file=model.onnx" in config and "infer-dims=3;48;64" in config

@@ -12,11 +12,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from ddetr.checkpoint import build_model_from_checkpoint
-from ddetr.data.collate import preprocess_images
-from ddetr.deploy.onnx_export import export_onnx, read_metadata
+from ddetr.artefacts.onnx_file import read_card
+from ddetr.deploy.onnx_export import export_onnx
 from ddetr.deploy.trt_plugin import PLUGIN_INPUTS, PLUGIN_OP, with_plugin_attention
 from ddetr.errors import CheckpointError, SpecError
+from ddetr.model.detector import build_model_from_checkpoint
+from ddetr.model.preprocess import preprocess_images
 
 BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 
@@ -42,14 +43,11 @@ def test_export_passes_checker_and_carries_metadata(tiny_onnx: Path) -> None:
     assert [o.name for o in proto.graph.output] == ["pred_logits", "pred_boxes"]
     assert {i.domain for i in proto.opset_import} == {""} and proto.opset_import[0].version == 17
     assert any(n.op_type == "GridSample" for n in proto.graph.node)
-    meta = read_metadata(tiny_onnx)
-    assert (
-        meta["class_names"] == ["", "circle", "square", "triangle"]
-        and meta["num_classes"] == 4
-        and meta["num_queries"] == 10
-    )
-    assert meta["input_size"] == [96, 64] and meta["trt_plugin"] is False and meta["batch_size"] == -1
-    assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406]) and meta["model"]["hidden_dim"] == 32
+    card = read_card(tiny_onnx)
+    assert card.class_names == ("", "circle", "square", "triangle") and card.num_classes == 4
+    assert card.num_queries == 10 and card.num_select == 10
+    assert card.input_size == (96, 64) and card.trt_plugin is False and card.batch_size is None
+    assert card.mean == pytest.approx([0.485, 0.456, 0.406]) and card.model.hidden_dim == 32
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param == "batch"
 
@@ -89,7 +87,7 @@ def test_plugin_mode_has_plugin_nodes_with_the_plugin_inputs(tiny_checkpoint: Pa
     plugins = [n for n in proto.graph.node if n.op_type == PLUGIN_OP]
     assert len(plugins) == 3  # 1 encoder self-attention + 2 decoder cross-attentions
     assert not any(n.op_type == "GridSample" for n in proto.graph.node)
-    assert read_metadata(onnx_file)["trt_plugin"] is True
+    assert read_card(onnx_file).trt_plugin is True
     # spatial_shapes and level_start_index: int32 [[4, 6], [2, 3]] and [0, 24] at 96x64 (stages 2, 3: strides 16, 32)
     constants = {init.name: onnx.numpy_helper.to_array(init) for init in proto.graph.initializer}
     for node in proto.graph.node:
@@ -143,7 +141,7 @@ def test_existing_output_replaced_atomically(tiny_checkpoint: Path, tmp_path: Pa
     assert out.read_bytes() == b"old" and os.listdir(tmp_path) == ["m.onnx"]
     monkeypatch.undo()
     export_onnx(tiny_checkpoint, out, input_size=(64, 64))
-    assert read_metadata(out)["input_size"] == [64, 64] and os.listdir(tmp_path) == ["m.onnx"]
+    assert read_card(out).input_size == (64, 64) and os.listdir(tmp_path) == ["m.onnx"]
 
 
 @pytest.mark.parametrize(

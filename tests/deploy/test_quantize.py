@@ -9,8 +9,8 @@ import onnx
 import pytest
 import torch
 
-from ddetr.deploy.evaluation import calibration_batches, list_calibration_images
-from ddetr.deploy.onnx_export import read_metadata
+from ddetr.artefacts.onnx_file import read_card
+from ddetr.data.calibration import calibration_batches, list_calibration_images
 from ddetr.deploy.quantize import plan_quantization
 from ddetr.deploy.quantize_onnx import QUANTIZED_OP_TYPES, quantize_onnx_static
 from ddetr.errors import CheckpointError, SpecError, UnavailableError
@@ -54,8 +54,8 @@ def test_static_int8_keeps_sampling_softmax_and_norms_float(
     ]
     assert by_name and not any(i in dq_outputs for n in by_name for i in n.input)
     assert note["excluded_nodes"] > 0
-    meta = read_metadata(out)
-    assert meta["quantization"]["backend"] == "onnxruntime" and meta["class_names"][1] == "circle"
+    card = read_card(out)
+    assert card.quantization["backend"] == "onnxruntime" and card.class_names[1] == "circle"
     assert out.stat().st_size < 0.5 * tiny_onnx.stat().st_size
     images = next(iter(_calibration(tiny_data, (96, 64))))
     q_logits, q_boxes = OnnxPredictor(out)(torch.from_numpy(images))
@@ -65,8 +65,8 @@ def test_static_int8_keeps_sampling_softmax_and_norms_float(
 
 
 def test_torchao_checkpoint_loads_back(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from ddetr.checkpoint import build_model_from_checkpoint
     from ddetr.deploy.quantize_torchao import load_quantized_model, quantize_checkpoint_torchao
+    from ddetr.model.detector import build_model_from_checkpoint
 
     model, note = quantize_checkpoint_torchao(tiny_checkpoint, tmp_path / "q.pth", skip_names=["class_embed"])
     assert note["modules"] > 0
@@ -77,7 +77,7 @@ def test_torchao_checkpoint_loads_back(tiny_checkpoint: Path, tmp_path: Path) ->
         a, b, f = model(images), loaded(images), float_model(images)
     torch.testing.assert_close(a.pred_logits, b.pred_logits, atol=0, rtol=0)
     assert 0 < (a.pred_boxes - f.pred_boxes).abs().max() < 0.05
-    assert info.raw["quantization"]["skip_names"] == ["class_embed"]
+    assert info.card.quantization["skip_names"] == ["class_embed"]
     assert type(loaded.class_embed[0].weight).__name__ != "Int8Tensor"
     assert type(loaded.bbox_embed[0].layers[0].weight).__name__ == "Int8Tensor"
     # evaluate/inference run it through the same Predictor as any checkpoint
@@ -198,7 +198,7 @@ def test_report_sizes_count_weights_not_optimizer_state(tiny_checkpoint: Path, t
     """A training checkpoint's optimizer state is not model size: the report compares weights."""
     import io
 
-    from ddetr.checkpoint import load_checkpoint, save_checkpoint
+    from ddetr.artefacts.checkpoint import load_checkpoint, save_checkpoint
     from ddetr.tasks.quantize import weights_bytes
 
     info = load_checkpoint(tiny_checkpoint)
@@ -208,9 +208,8 @@ def test_report_sizes_count_weights_not_optimizer_state(tiny_checkpoint: Path, t
 
     training = save_checkpoint(
         tmp_path / "with_optimizer.pth",
+        card=info.card,
         state_dict=info.state_dict,
-        model=info.model,
-        num_classes=info.num_classes,
         extra={"optimizer_states": [{"exp_avg": moments(), "exp_avg_sq": moments()}]},
     )
     buffer = io.BytesIO()

@@ -13,13 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from ddetr.checkpoint import build_model_from_checkpoint
-from ddetr.deploy.evaluation import calibration_batches
+from ddetr.data.calibration import calibration_batches
 from ddetr.deploy.quantize_layers import module_path, onnx_nodes_to_exclude, parse_layers, select_layers
-from ddetr.deploy.quantize_modelopt import bake_batch_norms
 from ddetr.deploy.quantize_onnx import DEFAULT_KEEP_FLOAT
 from ddetr.errors import CheckpointError, SpecError, UnavailableError
-from ddetr.model.detector import DeformableDETR
+from ddetr.model.detector import DeformableDETR, build_model_from_checkpoint
+from ddetr.model.quantized import bake_batch_norms
 from ddetr.spec.load import load_spec
 from ddetr.spec.sections import ModelSection
 from ddetr.tasks import evaluate, inference, quantize
@@ -195,7 +194,8 @@ def test_modelopt_pytorch_checkpoint_restores_exactly(modelopt_static, tiny_chec
 def test_modelopt_pytorch_predictor_and_export(
     modelopt_static, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    from ddetr.deploy.onnx_export import export_onnx, read_metadata
+    from ddetr.artefacts.onnx_file import read_card
+    from ddetr.deploy.onnx_export import export_onnx
     from ddetr.runtime import load_predictor
     from ddetr.runtime.onnx_backend import OnnxPredictor
 
@@ -214,7 +214,7 @@ def test_modelopt_pytorch_predictor_and_export(
     produced = {n.output[0]: n for n in proto.graph.node}
     conv_inputs = [produced.get(i) for n in proto.graph.node if n.op_type == "Conv" for i in n.input[:2]]
     assert all(p is not None and p.op_type == "DequantizeLinear" for p in conv_inputs)
-    assert read_metadata(q_onnx)["quantization"]["backend"] == "modelopt.pytorch"
+    assert read_card(q_onnx).quantization["backend"] == "modelopt.pytorch"
     q_logits, q_boxes = OnnxPredictor(q_onnx)(images)
     f_logits, f_boxes = OnnxPredictor(f_onnx)(images)
     assert (q_boxes - boxes).abs().max() < 0.02  # ONNX Runtime's int8 kernels round a little differently
@@ -344,15 +344,15 @@ def test_quantize_action_modelopt_pytorch_then_evaluate_and_infer(
 
     args = [*spec_args, f"evaluate.checkpoint={out}", f"inference.checkpoint={out}"]
     metrics = evaluate.run(load_spec(None, args))
-    assert metrics["test_mAP"] == pytest.approx(report["mAP"]["after"], abs=1e-9)
+    assert metrics.test_mAP == pytest.approx(report["mAP"]["after"], abs=1e-9)
     result = inference.run(load_spec(None, [*args, "inference.conf_threshold=0.0"]))
-    assert result["images"] == 8 and result["detections"] > 0
+    assert result.images == 8 and result.detections > 0
 
 
 def test_quantize_action_modelopt_onnx_report(
     spec_args: list[str], spec_checkpoint: Path, tiny_data: dict, tmp_path: Path
 ) -> None:
-    from ddetr.deploy.onnx_export import read_metadata
+    from ddetr.artefacts.onnx_file import read_card
     from ddetr.deploy.quantize_onnx import quantize_onnx_static
     from ddetr.runtime.onnx_backend import OnnxPredictor
 
@@ -368,7 +368,7 @@ def test_quantize_action_modelopt_onnx_report(
     assert q_onnx.name == "model_modelopt_int8.onnx" and f_onnx.name == "model_fp32.onnx"
     assert report["size_bytes"]["after"] < 0.5 * report["size_bytes"]["before"]
     assert set(report["mAP"]) == {"before", "after"} and report["eval_images"] == 8
-    note = read_metadata(q_onnx)["quantization"]
+    note = read_card(q_onnx).quantization
     assert note["backend"] == "modelopt.onnx" and note["calibrate_method"] == "max"
     proto = onnx.load(str(q_onnx))
     produced = {n.output[0]: n for n in proto.graph.node}
@@ -393,8 +393,8 @@ def test_quantize_action_modelopt_onnx_report(
 
 def test_modelopt_onnx_with_key_is_never_plain_under_its_name(tiny_onnx: Path, tmp_path: Path) -> None:
     """The encrypted output is written in one atomic step: no plain file under its final name, no leftovers."""
+    from ddetr.artefacts.onnx_file import read_card
     from ddetr.crypto import is_encrypted
-    from ddetr.deploy.onnx_export import read_metadata
     from ddetr.deploy.quantize_layers import parse_layers
     from ddetr.deploy.quantize_modelopt import quantize_onnx_modelopt
     from ddetr.runtime.onnx_backend import OnnxPredictor
@@ -405,7 +405,7 @@ def test_modelopt_onnx_with_key_is_never_plain_under_its_name(tiny_onnx: Path, t
         tiny_onnx,
         out,
         [images.numpy()],
-        read_metadata(tiny_onnx),
+        read_card(tiny_onnx),
         rules=parse_layers([], "static_ptq"),
         keep_float=list(DEFAULT_KEEP_FLOAT),
         encryption_key="s3cret",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from pathlib import Path
@@ -10,21 +11,19 @@ import numpy as np
 import pytest
 import torch
 
+from ddetr.artefacts.card import ModelCard
+from ddetr.artefacts.engine_file import read_sidecar, write_sidecar
 from ddetr.data.coco import CocoDetection
 from ddetr.data.transforms import build_transforms
-from ddetr.deploy.tensorrt import (
-    build_settings,
-    calibration_stream,
-    parse_layers_precision,
-    read_sidecar,
-    require_tensorrt,
-)
+from ddetr.deploy.tensorrt import build_settings, calibration_stream, parse_layers_precision
 from ddetr.errors import CheckpointError, DataError, SpecError, UnavailableError
+from ddetr.runtime.trt import require_tensorrt
 from ddetr.spec.load import load_spec
+from ddetr.spec.sections import ModelSection
 from ddetr.status import read_status
 from ddetr.tasks import gen_trt_engine
 
-META = {"input_size": [96, 64], "batch_size": -1, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+META = ModelCard(ModelSection(), 4, input_size=(96, 64))  # an exported model card: fixed size, dynamic batch
 
 
 def _spec(spec_args: list[str], *extra: str):
@@ -58,7 +57,7 @@ def test_settings_errors(spec_args: list[str]) -> None:
     with pytest.raises(SpecError, match="min_batch_size <= opt_batch_size <= max_batch_size"):
         build_settings(bad_order.gen_trt_engine, "m", "e", META)
     with pytest.raises(SpecError, match="fixed batch size 2"):
-        build_settings(_spec(spec_args).gen_trt_engine, "m", "e", {**META, "batch_size": 2})
+        build_settings(_spec(spec_args).gen_trt_engine, "m", "e", META.evolve(batch_size=2))
     with pytest.raises(SpecError, match="cal_image_dir"):
         build_settings(
             _spec(spec_args, "gen_trt_engine.tensorrt.data_type=INT8").gen_trt_engine, "m", "e", META
@@ -90,8 +89,8 @@ def test_calibration_stream_equals_evaluation_preprocessing(spec_args: list[str]
         random_resize_max_size=96,
         horizontal_flip_prob=0.0,
         test_random_resize=64,
-        input_mean=META["mean"],
-        input_std=META["std"],
+        input_mean=META.mean,
+        input_std=META.std,
         input_size=(96, 64),
     )
     dataset = CocoDetection([(folder, tiny_data["val"]["json_file"])], 4, transforms, train=False)
@@ -151,3 +150,23 @@ def test_engine_without_sidecar(tmp_path: Path) -> None:
     engine.write_bytes(b"x")
     with pytest.raises(CheckpointError, match=r"m\.engine\.json"):
         read_sidecar(engine)
+    (tmp_path / "m.engine.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a JSON file"):
+        read_sidecar(engine)
+
+
+def test_sidecar_round_trip_and_legacy_layout(tmp_path: Path) -> None:
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"x")
+    card = META.evolve(class_names=("", "a"), batch_size=2)
+    write_sidecar(engine, card, {"max_batch": 2, "data_type": "FP16"})
+    sidecar = read_sidecar(engine)
+    assert sidecar.card == card and sidecar.max_batch == 2 and sidecar.tensorrt["data_type"] == "FP16"
+    # engines built before model cards: the ONNX file's flat metadata plus the build settings
+    legacy = {"num_classes": 4, "class_names": ["", "a"], "num_queries": 300, "input_size": [96, 64]}
+    legacy |= {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2], "batch_size": -1, "trt_plugin": True}
+    legacy |= {"model": ModelSection().model_dump(), "tensorrt": {"max_batch": 3}}
+    (tmp_path / "m.engine.json").write_text(json.dumps(legacy))
+    old = read_sidecar(engine)
+    assert old.card.input_size == (96, 64) and old.card.mean == (0.5, 0.5, 0.5) and old.card.trt_plugin
+    assert old.card.class_names == ("", "a") and old.max_batch == 3 and old.card.batch_size is None

@@ -11,7 +11,8 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
-from ddetr.checkpoint import build_model_from_checkpoint, load_checkpoint
+from ddetr.artefacts.checkpoint import load_checkpoint
+from ddetr.model.detector import build_model_from_checkpoint
 from ddetr.model.weights import interm_indices_for_levels, original_layout
 from ddetr.spec.sections import ModelSection
 
@@ -77,7 +78,7 @@ def test_original_release_converts_with_one_summary_line(tmp_path):
     assert f"{out}: {len(sd)} tensors" in lines[0]
     assert "resnet_18, 4 levels, box refine, 25 queries, 1+2 layers, d=32, 2 heads, 5 classes" in lines[0]
     model, info = build_model_from_checkpoint(out)
-    assert info.model.num_queries == 25 and info.num_classes == 5
+    assert info.card.model.num_queries == 25 and info.card.num_classes == 5
     for key, tensor in sd.items():
         assert torch.equal(
             model.state_dict()[key.replace("backbone.0.body.", "backbone.body.", 1)], tensor
@@ -103,7 +104,7 @@ def test_cli_action_converts_an_original_release(tmp_path):
     result = run_cli("--source", "original", path, out)
     assert result.returncode == 0, result.stderr
     assert "15 queries" in result.stdout
-    assert load_checkpoint(out).model.num_queries == 15
+    assert load_checkpoint(out).card.model.num_queries == 15
 
 
 def hf_model(with_box_refine: bool):
@@ -137,7 +138,7 @@ def check_hf_import(folder: Path, reference, out: Path, summary: str) -> None:
     assert result.returncode == 0, result.stderr
     assert summary in result.stdout
     model, info = build_model_from_checkpoint(out)
-    assert info.class_names == ["N/A", "person", "bicycle"]
+    assert info.card.class_names == ("N/A", "person", "bicycle")
     assert info.raw["imported_from"] == {"source": "hf", "path": str(folder)}
     images = torch.rand(1, 3, 64, 96)
     with torch.no_grad():

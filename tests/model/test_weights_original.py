@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddetr.checkpoint import load_checkpoint
+from ddetr.artefacts.checkpoint import load_checkpoint
 from ddetr.errors import CheckpointError
 from ddetr.model.detector import DeformableDETR
 from ddetr.model.weights import (
@@ -246,9 +246,10 @@ def test_import_weights_writes_a_self_describing_checkpoint(tmp_path):
     path, sd, _ = small_release(tmp_path, with_box_refine=True, two_stage=True, num_queries=20)
     out = import_weights("original", path, tmp_path / "out" / "imported.pth")
     info = load_checkpoint(out)
-    assert info.num_classes == 5
-    assert info.model.two_stage and info.model.with_box_refine and info.model.num_queries == 20
-    assert info.model.num_select == 20
+    assert info.card.num_classes == 5
+    card_model = info.card.model
+    assert card_model.two_stage and card_model.with_box_refine and card_model.num_queries == 20
+    assert card_model.num_select == 20 and info.card.num_select == 20
     assert info.raw["imported_from"] == {"source": "original", "path": str(path)}
     for key, tensor in sd.items():
         assert torch.equal(info.state_dict[key.replace("backbone.0.body.", "backbone.body.", 1)], tensor), key

@@ -1,4 +1,4 @@
-"""OnnxPredictor: metadata-driven info, parity with the checkpoint, evaluate/inference on an .onnx file."""
+"""OnnxPredictor: the model card from the metadata, parity with the checkpoint, evaluate/inference on an .onnx file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import onnx
 import pytest
 import torch
 
-from ddetr.checkpoint import save_checkpoint
+from ddetr.artefacts.card import ModelCard
+from ddetr.artefacts.checkpoint import save_checkpoint
 from ddetr.deploy.onnx_export import export_onnx
 from ddetr.errors import CheckpointError, DataError, UnavailableError
 from ddetr.model.detector import DeformableDETR
@@ -29,22 +30,20 @@ def exported(tiny_data: dict, tiny_overrides, tmp_path_factory: pytest.TempPathF
     model = DeformableDETR.from_config(spec.model, 4)
     ckpt = save_checkpoint(
         folder / "model.pth",
+        card=ModelCard.from_spec(spec, ["", "circle", "square", "triangle"]),
         state_dict=model.state_dict(),
-        model=spec.model,
-        num_classes=4,
-        class_names=["", "circle", "square", "triangle"],
         spec=spec.model_dump(),
     )
     return ckpt, export_onnx(ckpt, folder / "model.onnx", input_size=(64, 64)).onnx_file
 
 
-def test_info_from_metadata_and_parity_with_torch(exported: tuple[Path, Path]) -> None:
+def test_card_from_metadata_and_parity_with_torch(exported: tuple[Path, Path]) -> None:
     ckpt, onnx_file = exported
     predictor = load_predictor(str(onnx_file))
     assert isinstance(predictor, OnnxPredictor) and predictor.backend == "onnxruntime"
-    info = predictor.info
-    assert info.class_names == ["", "circle", "square", "triangle"] and info.num_classes == 4
-    assert info.input_size == (64, 64) and info.num_queries == 10
+    card = predictor.card
+    assert card.class_names == ("", "circle", "square", "triangle") and card.num_classes == 4
+    assert card.input_size == (64, 64) and card.num_queries == 10
     torch_predictor = load_predictor(str(ckpt))
     images = torch.randn(3, 3, 64, 64)
     logits, boxes = predictor(images)
@@ -113,11 +112,11 @@ def test_evaluate_and_inference_on_onnx(
     )
     with caplog.at_level("WARNING"):
         result = evaluate.run(spec)
-    assert result["backend"] == "onnxruntime" and result["images"] == 8
+    assert result.backend == "onnxruntime" and result.images == 8
     assert caplog.text.count("exported for 64x64") == 1
     out = inference.run(spec)
     labels = sorted((Path(spec.results_dir) / "inference" / "labels").glob("*.txt"))
-    assert out["images"] == 8 and len(labels) == 8
+    assert out.images == 8 and len(labels) == 8
     first = labels[0].read_text().split()
     assert first[0] in {"circle", "square", "triangle"}
     assert read_status(Path(spec.results_dir) / "inference" / "status.json")[-1]["status"] == "SUCCESS"

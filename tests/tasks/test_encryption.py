@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from ddetr.checkpoint import load_checkpoint
+from ddetr.artefacts.checkpoint import load_checkpoint
 from ddetr.cli import main
 from ddetr.crypto import MAGIC
 from ddetr.errors import CheckpointError
@@ -48,7 +48,7 @@ def test_training_checkpoints_are_encrypted(trained) -> None:
     with pytest.raises(pickle.UnpicklingError):  # not a readable torch file without decryption
         torch.load(checkpoints[0], weights_only=True)
     info = load_checkpoint(latest, encryption_key=KEY)
-    assert info.num_classes == 4 and info.class_names == ["", "circle", "square", "triangle"]
+    assert info.card.num_classes == 4 and info.card.class_names == ("", "circle", "square", "triangle")
     assert info.raw["global_step"] == 4 and info.raw["optimizer_states"]
     # the key is kept out of the files the run writes (the checkpoint's spec, experiment.yaml, status.json)
     assert info.spec["encryption_key"] == ""
@@ -63,14 +63,14 @@ def test_training_checkpoints_are_encrypted(trained) -> None:
     with pytest.raises(CheckpointError, match="does not match"):
         DeformableDETR.from_checkpoint(latest, encryption_key="wrong")
     model = DeformableDETR.from_checkpoint(latest, encryption_key=KEY)
-    assert model.class_names == info.class_names
+    assert model.card == info.card
 
 
 def test_evaluate_and_inference_read_it_with_the_key_only(trained) -> None:
     args, train_dir = trained
     ckpt = train_dir / "dd_model_latest.pth"
     result = evaluate.run(load_spec(None, [*args, f"evaluate.checkpoint={ckpt}"]))
-    assert 0.0 <= result["test_mAP"] <= 1.0 and result["images"] == 8
+    assert 0.0 <= result.test_mAP <= 1.0 and result.images == 8
     done = inference.run(load_spec(None, [*args, f"inference.checkpoint={ckpt}"]))
     assert done["images"] == 8 and len(list(Path(done["labels"]).glob("*.txt"))) == 8
 

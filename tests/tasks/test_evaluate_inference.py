@@ -32,7 +32,7 @@ def test_evaluate_writes_metrics_status_and_detections(trained) -> None:
     out = Path(spec.results_dir) / "evaluate"
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["stats"]) == 12
-    assert 0.0 <= metrics["test_mAP"] <= 1.0 and metrics["test_mAP"] == result["test_mAP"]
+    assert 0.0 <= metrics["test_mAP"] <= 1.0 and metrics["test_mAP"] == result.test_mAP
     assert set(metrics["per_class_AP"]) == {"circle", "square", "triangle"}
     events = read_status(out / "status.json")
     assert events[-1]["status"] == "SUCCESS"
@@ -58,7 +58,7 @@ def test_spec_model_section_differs_checkpoint_wins(trained, caplog: pytest.LogC
     with caplog.at_level("WARNING"):
         result = evaluate.run(spec)
     assert "hidden_dim" in caplog.text and "256" in caplog.text and "32" in caplog.text
-    assert result["images"] == 8
+    assert result.images == 8
 
 
 def test_inference_outputs(trained) -> None:
@@ -68,7 +68,7 @@ def test_inference_outputs(trained) -> None:
     out = Path(spec.results_dir) / "inference"
     annotated = sorted((out / "images_annotated").glob("*.jpg"))
     labels = sorted((out / "labels").glob("*.txt"))
-    assert len(annotated) == len(labels) == 8 == result["images"]
+    assert len(annotated) == len(labels) == 8 == result.images
     with Image.open(annotated[0]) as im:
         assert im.size == (64, 64)
     row = labels[0].read_text().splitlines()[0].split()
@@ -76,7 +76,7 @@ def test_inference_outputs(trained) -> None:
     x1, y1, x2, y2 = map(float, row[4:8])
     assert 0 <= x1 <= x2 <= 64 and 0 <= y1 <= y2 <= 64
     dets = json.loads((out / "detections.json").read_text())
-    assert len(dets) == result["detections"] and dets[0]["bbox"][2] >= 0
+    assert len(dets) == result.detections and dets[0]["bbox"][2] >= 0
 
 
 def test_inference_classmap_too_short(trained, tmp_path: Path) -> None:

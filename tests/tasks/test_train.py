@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddetr.checkpoint import load_checkpoint
+from ddetr.artefacts.checkpoint import load_checkpoint
 from ddetr.errors import SpecError
 from ddetr.spec.load import load_spec
 from ddetr.status import read_status
@@ -35,9 +35,9 @@ def test_train_writes_tao_checkpoints_status_and_resumes(tiny_spec_args: list[st
 
     # self-describing checkpoint: architecture, classes and spec
     info = load_checkpoint(latest)
-    assert info.model.hidden_dim == 32 and info.model.dec_layers == 2
-    assert info.num_classes == 4
-    assert info.class_names == ["", "circle", "square", "triangle"]
+    assert info.card.model.hidden_dim == 32 and info.card.model.dec_layers == 2
+    assert info.card.num_classes == 4
+    assert info.card.class_names == ("", "circle", "square", "triangle")
     assert info.spec["dataset"]["num_classes"] == 4
 
     events = read_status(train_dir / "status.json")

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ddetr.checkpoint import load_checkpoint
+from ddetr.artefacts.checkpoint import load_checkpoint
 from ddetr.spec.load import load_spec
 from ddetr.status import read_status
 from ddetr.tasks import train

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -29,43 +28,12 @@ from ddetr.data.annotations import (
 from ddetr.data.sources import resolve_file, resolve_image_dir
 from ddetr.data.transforms import ToModelInput, to_bounding_boxes
 from ddetr.errors import DataError
+from ddetr.model.preprocess import load_image
+from ddetr.spec.sections import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _MAX_LISTED = 5
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Decode an image file to RGB with its EXIF orientation applied.
-
-    L, LA, RGBA, P, CMYK, I;16 and I (16-bit range) images become 8-bit RGB; alpha is dropped.
-
-    Raises:
-        OSError, SyntaxError, ValueError: the file is corrupt, truncated or not an image.
-    """
-    with Image.open(path) as im:
-        im.load()
-        im = ImageOps.exif_transpose(im)
-        return to_rgb(im)
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB (16/32-bit integer and float images are rescaled to 0..255)."""
-    if im.mode == "RGB":
-        return im
-    if im.mode.startswith("I") or im.mode == "F":
-        arr = np.asarray(im).astype(np.float64)
-        if im.mode == "F":
-            top = 1.0 if arr.max(initial=0.0) <= 1.0 else 255.0
-        else:
-            top = 65535.0 if arr.max(initial=0.0) > 255 else 255.0
-        arr8 = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8, mode="L").convert("RGB")
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    return im.convert("RGB")
 
 
 def _check_category_ids(json_file: str, data: dict[str, Any], num_classes: int) -> None:
@@ -203,6 +171,7 @@ class CocoDetection(Dataset):
             self.records.append(
                 {
                     "path": path,
+                    "file_name": str(rec["file_name"]),
                     "image_id": new_id,
                     "orig_size": (h, w),
                     "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
@@ -229,6 +198,10 @@ class CocoDetection(Dataset):
     def original_image_id(self, image_id: int) -> tuple[int, int]:
         """Renumbered image id -> (source index, the image id in that source's json)."""
         return self._origin[int(image_id)]
+
+    def file_name(self, image_id: int) -> str:
+        """Renumbered image id -> the image's ``file_name`` in its source's json."""
+        return str(self.records[int(image_id) - 1]["file_name"])
 
     def __getitem__(self, idx: int) -> tuple[Tensor, dict[str, Any]]:
         for attempt in range(len(self.records)):

@@ -286,3 +286,16 @@ def _check_zip(zf: zipfile.ZipFile, archive: Path) -> None:
                     f"Archive '{archive}' entry '{info.filename}' is a symbolic link pointing outside the "
                     f"target folder ('{link}'); refusing to unpack it."
                 )
+
+
+def resolve_sources(sources: Any) -> list[tuple[str, str]]:
+    """Spec data sources (one or a list of {image_dir, json_file}) -> local (image folder, json path) pairs."""
+    if not isinstance(sources, (list, tuple)):
+        sources = [sources]
+    pairs = []
+    for source in sources:
+        image_dir, json_file = source.image_dir, source.json_file
+        if not image_dir and not json_file:
+            continue
+        pairs.append((str(resolve_image_dir(image_dir)), str(resolve_file(json_file))))
+    return pairs

@@ -25,6 +25,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from ddetr.model.boxes import box_xyxy_to_cxcywh
+from ddetr.model.preprocess import resized_size, shortest_side_size
 
 Target = dict[str, Any]
 Transform = Callable[[Any, Target], tuple[Any, Target]]
@@ -37,20 +38,6 @@ def image_hw(image: Any) -> tuple[int, int]:
     if isinstance(image, Image.Image):
         return image.height, image.width
     return int(image.shape[-2]), int(image.shape[-1])
-
-
-def shortest_side_size(h: int, w: int, size: int, max_size: int | None) -> tuple[int, int]:
-    """Output (height, width) when the shorter side becomes ``size`` and the longer stays <= ``max_size``.
-
-    Aspect ratio is kept; the shorter side is reduced when the longer would pass ``max_size``.
-    """
-    if max_size is not None:
-        short, long = min(h, w), max(h, w)
-        if long / short * size > max_size:
-            size = round(max_size * short / long)
-    if w < h:
-        return int(size * h / w), size
-    return size, int(size * w / h)
 
 
 def _set_boxes(target: Target, boxes: Tensor) -> Target:
@@ -240,12 +227,34 @@ def build_transforms(
                     ),
                 )
             )
-    elif input_size is not None:
-        steps.append(Resize(int(input_size[1]), int(input_size[0])))
     else:
-        steps.append(RandomShortestSize([test_random_resize], random_resize_max_size))
+        return eval_transforms(input_mean, input_std, test_random_resize, random_resize_max_size, input_size)
     steps.append(ToModelInput(input_mean, input_std))
     return Compose(steps)
+
+
+def eval_transforms(
+    mean: Sequence[float],
+    std: Sequence[float],
+    shortest_side: int,
+    max_size: int | None,
+    input_size: tuple[int, int] | None = None,
+) -> Compose:
+    """The deterministic validation pipeline: the resize and normalisation a model card names.
+
+    Args:
+        mean, std: per-channel normalisation of the [0, 1] image.
+        shortest_side: the shorter side after resizing (pixels); ``max_size`` caps the longer one.
+        input_size: (width, height); when set, resize to exactly this size instead.
+
+    Returns:
+        A callable ``(PIL image, target) -> (Tensor[3, H, W], target)`` as :func:`build_transforms` returns.
+    """
+    if input_size is not None:
+        resize: Transform = Resize(int(input_size[1]), int(input_size[0]))
+    else:
+        resize = RandomShortestSize([shortest_side], max_size)
+    return Compose([resize, ToModelInput(mean, std)])
 
 
 class RandomChoice:
@@ -256,15 +265,6 @@ class RandomChoice:
 
     def __call__(self, image: Any, target: Target) -> tuple[Any, Target]:
         return (self.first if random.random() < self.p else self.second)(image, target)
-
-
-def resized_size(
-    h: int, w: int, shortest_side: int, max_size: int | None, input_size: tuple[int, int] | None
-) -> tuple[int, int]:
-    """(height, width) the validation resize gives an (h, w) image; ``input_size`` is (width, height)."""
-    if input_size is not None:
-        return int(input_size[1]), int(input_size[0])
-    return shortest_side_size(h, w, shortest_side, max_size)
 
 
 __all__ = [
@@ -278,6 +278,7 @@ __all__ = [
     "ToModelInput",
     "build_transforms",
     "crop",
+    "eval_transforms",
     "image_hw",
     "resized_size",
     "shortest_side_size",

@@ -2,37 +2,33 @@
 
 The file has one input ``inputs`` (B, 3, H, W) float32 (normalised RGB, fixed H and W) and two outputs
 ``pred_logits`` (B, Q, C) raw logits and ``pred_boxes`` (B, Q, 4) normalised (cx, cy, w, h). B is fixed or
-dynamic (``batch_size: -1``). The metadata entry ``ddetr`` (JSON, :func:`read_metadata`) holds what a runtime
-needs without a spec: class names, num_classes, num_queries, input size, mean/std, the model section and
-whether the attention is the TensorRT plugin node. With an ``encryption_key`` the file is written encrypted
-(:mod:`ddetr.crypto`); :func:`read_metadata` and the ONNX Runtime predictor decrypt it in memory.
+dynamic (``batch_size: -1``). The checkpoint's model card, with the fixed input size, batch and whether the
+attention is the TensorRT plugin node, goes into the file's metadata (:mod:`ddetr.artefacts.onnx_file`), so a
+runtime needs no spec. With an ``encryption_key`` the file is written encrypted (:mod:`ddetr.crypto`);
+:func:`ddetr.artefacts.onnx_file.read_card` and the ONNX Runtime predictor decrypt it in memory.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ddetr.crypto import is_encrypted, read_bytes, write_bytes_atomic
+from ddetr.artefacts.card import ModelCard
+from ddetr.artefacts.onnx_file import INPUT_NAME, OUTPUT_NAMES, set_card
+from ddetr.crypto import write_bytes_atomic
 from ddetr.errors import CheckpointError, SpecError
-from ddetr.runtime.base import IMAGENET_MEAN, IMAGENET_STD
+from ddetr.model.detector import build_model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "inputs"
-OUTPUT_NAMES = ("pred_logits", "pred_boxes")
-METADATA_KEY = "ddetr"
 MIN_OPSET = 16  # GridSample entered the default domain in opset 16
 DEFAULT_OPSET = 17
-METADATA_VERSION = 1
 
 
 class ExportWrapper(nn.Module):
@@ -48,32 +44,12 @@ class ExportWrapper(nn.Module):
         return out.pred_logits, out.pred_boxes
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportResult:
-    """What :func:`export_onnx` wrote."""
+    """What :func:`export_onnx` wrote: the file and the card stored in it."""
 
     onnx_file: Path
-    metadata: dict[str, Any]
-
-
-def checkpoint_metadata(
-    info: Any, input_size: tuple[int, int], plugin: bool, batch_size: int
-) -> dict[str, Any]:
-    """The ``ddetr`` metadata of an export of the checkpoint ``info`` (a :class:`CheckpointInfo`)."""
-    aug = ((info.spec or {}).get("dataset") or {}).get("augmentation") or {}
-    return {
-        "format_version": METADATA_VERSION,
-        "num_classes": int(info.num_classes),
-        "class_names": list(info.class_names or []),
-        "num_queries": int(info.model.num_queries),
-        "input_size": [int(input_size[0]), int(input_size[1])],
-        "mean": [float(v) for v in aug.get("input_mean", IMAGENET_MEAN)],
-        "std": [float(v) for v in aug.get("input_std", IMAGENET_STD)],
-        "batch_size": int(batch_size),
-        "trt_plugin": bool(plugin),
-        "model": info.model.model_dump(),
-        "source_checkpoint": str(info.path),
-    }
+    card: ModelCard
 
 
 def check_export_args(opset_version: int, batch_size: int, input_channel: int = 3) -> None:
@@ -118,21 +94,19 @@ def export_onnx(
         encryption_key: reads an encrypted checkpoint, and when non-empty the ONNX file is written encrypted.
 
     Returns:
-        The written path and its metadata.
+        The written path and its model card.
 
     Raises:
         SpecError: bad opset/batch size. CheckpointError: missing or non-ddetr checkpoint.
     """
     import onnx
 
-    from ddetr.checkpoint import build_model_from_checkpoint
-
     check_export_args(opset_version, batch_size)
     ckpt = Path(checkpoint)
     if not ckpt.is_file():
         raise CheckpointError(f"export.checkpoint: {ckpt} does not exist (or is not a file).")
-    model, info = build_model_from_checkpoint(ckpt, encryption_key=encryption_key)
-    quantization = info.raw.get("quantization")
+    model, loaded = build_model_from_checkpoint(ckpt, encryption_key=encryption_key)
+    quantization = loaded.card.quantization
     if quantization and quantization.get("backend") != "modelopt.pytorch":  # ModelOpt's export Q/DQ nodes
         raise CheckpointError(
             f"export.checkpoint: {ckpt} is a quantized ({quantization.get('backend')}) checkpoint; "
@@ -173,10 +147,14 @@ def export_onnx(
                 custom_opsets=None if on_cpu else {_plugin_domain(): 1},
             )
         proto = onnx.load(str(tmp))
-        metadata = checkpoint_metadata(info, (width, height), plugin=not on_cpu, batch_size=batch_size)
-        if quantization:
-            metadata["quantization"] = {**quantization, "format": "QDQ"}
-        set_metadata(proto, metadata)
+        card = loaded.card.evolve(
+            input_size=(width, height),
+            batch_size=batch_size if batch_size > 0 else None,
+            trt_plugin=not on_cpu,
+            quantization={**quantization, "format": "QDQ"} if quantization else None,
+            source=str(ckpt),
+        )
+        set_card(proto, card)
         proto.doc_string = f"ddetr Deformable DETR exported from {ckpt.name}"
         onnx.checker.check_model(proto)
         if encryption_key:
@@ -197,65 +175,10 @@ def export_onnx(
         "standard-op" if on_cpu else "TensorRT-plugin",
         ", encrypted" if encryption_key else "",
     )
-    return ExportResult(out, metadata)
+    return ExportResult(out, card)
 
 
 def _plugin_domain() -> str:
     from ddetr.deploy.trt_plugin import PLUGIN_DOMAIN
 
     return PLUGIN_DOMAIN
-
-
-def set_metadata(proto: Any, metadata: dict[str, Any]) -> None:
-    """Write (or replace) the ``ddetr`` metadata entry of an ``onnx.ModelProto``."""
-    for prop in list(proto.metadata_props):
-        if prop.key == METADATA_KEY:
-            proto.metadata_props.remove(prop)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-
-
-def metadata_from_proto(proto: Any) -> dict[str, Any] | None:
-    """The ``ddetr`` metadata of an ``onnx.ModelProto``, or None when absent."""
-    for prop in proto.metadata_props:
-        if prop.key == METADATA_KEY:
-            return json.loads(prop.value)
-    return None
-
-
-def read_metadata(
-    path: str | os.PathLike[str], encryption_key: str | None = None, *, data: bytes | None = None
-) -> dict[str, Any]:
-    """The ``ddetr`` metadata of an ONNX file (external weights are not read).
-
-    Args:
-        path: the ``.onnx`` file, plain or encrypted.
-        encryption_key: the key an encrypted file was written with (plain files ignore it).
-        data: the file's plaintext bytes when the caller already has them (``path`` is then only named).
-
-    Raises:
-        CheckpointError: the file is not ONNX, is an ONNX model that ddetr did not export, or is encrypted and
-            the key is missing or wrong.
-    """
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    if data is None and is_encrypted(path):
-        data = read_bytes(path, encryption_key)
-    try:
-        proto = (
-            onnx.load_model_from_string(data)
-            if data is not None
-            else onnx.load(str(path), load_external_data=False)
-        )
-    except (DecodeError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable ONNX file ({type(exc).__name__}).") from None
-    meta = metadata_from_proto(proto)
-    inputs = [i.name for i in proto.graph.input]
-    outputs = [o.name for o in proto.graph.output]
-    if meta is None or INPUT_NAME not in inputs or not set(OUTPUT_NAMES) <= set(outputs):
-        raise CheckpointError(
-            f"{path}: not a ddetr ONNX model (expected input '{INPUT_NAME}', outputs {list(OUTPUT_NAMES)} and "
-            f"'{METADATA_KEY}' metadata; found inputs {inputs}, outputs {outputs}). Export it with `ddetr export`."
-        )
-    return meta

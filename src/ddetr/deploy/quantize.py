@@ -92,7 +92,7 @@ def plan_quantization(section: Any, calibration_source: Any, out_dir: Path) -> Q
             raise CheckpointError(
                 f"quantize.model_path: torchao quantizes a .pth checkpoint, got {model_path}."
             )
-        from ddetr.deploy.quantize_torchao import require_torchao
+        from ddetr.model.quantized import require_torchao
 
         require_torchao()
         return QuantizePlan(
@@ -182,23 +182,24 @@ def onnx_input(
 
     With ``encryption_key`` the export is written encrypted (it is kept beside the quantized file).
     """
-    from ddetr.deploy.onnx_export import export_onnx, read_metadata
+    from ddetr.artefacts.onnx_file import read_card
+    from ddetr.deploy.onnx_export import export_onnx
 
     if plan.model_path.suffix.lower() == ".onnx":
-        meta = read_metadata(plan.model_path, encryption_key)
-        if meta.get("trt_plugin"):
+        card = read_card(plan.model_path, encryption_key)
+        if card.trt_plugin:
             raise CheckpointError(
                 f"quantize.model_path: {plan.model_path} holds the TensorRT attention plugin; re-export with "
                 "export.on_cpu=true to quantize it."
             )
-        if meta.get("quantization"):
+        if card.quantization:
             raise CheckpointError(f"quantize.model_path: {plan.model_path} is already quantized.")
         return plan.model_path
     size = (export_section.input_width, export_section.input_height)
     result = export_onnx(
         plan.model_path, work / "float.onnx", input_size=size, batch_size=-1, encryption_key=encryption_key
     )
-    if result.metadata.get("quantization"):  # a modelopt.pytorch checkpoint exports with its Q/DQ nodes
+    if result.card.quantization:  # a modelopt.pytorch checkpoint exports with its Q/DQ nodes
         raise CheckpointError(f"quantize.model_path: {plan.model_path} is already quantized.")
     return result.onnx_file
 
@@ -206,7 +207,7 @@ def onnx_input(
 def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
     """Run the plan; returns ``{"output", "float_model", "quantization"}`` (paths as str)."""
     from ddetr.crypto import plain_copy
-    from ddetr.deploy.evaluation import calibration_batches, list_calibration_images
+    from ddetr.data.calibration import calibration_batches, list_calibration_images
 
     key = spec.encryption_key or None
     if plan.backend == "torchao":
@@ -230,26 +231,26 @@ def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
         )
         return {"output": str(plan.output), "float_model": str(plan.model_path), "quantization": note}
 
-    from ddetr.deploy.onnx_export import read_metadata
+    from ddetr.artefacts.onnx_file import read_card
 
     with tempfile.TemporaryDirectory(dir=plan.output.parent, prefix=".quantize.") as tmp:
         float_onnx = onnx_input(plan, spec.export, Path(tmp), key)
         # the quantizers read paths: an encrypted input is decrypted into this temporary folder
         plain_onnx = plain_copy(float_onnx, key, Path(tmp) / "plain")
-        meta = read_metadata(plain_onnx)
+        card = read_card(plain_onnx)
         source = spec.dataset.quant_calibration_data_sources
         paths = list_calibration_images(source.image_dir, source.json_file)
         batch = int(plan.options["calibration_batch_size"])
-        if meta.get("batch_size", -1) > 0:
-            batch = int(meta["batch_size"])
+        if card.batch_size:
+            batch = card.batch_size
         count = min(int(plan.options["num_calibration_images"]), len(paths))
         batches = calibration_batches(
             paths,
             batch_size=batch,
             num_batches=max(count // batch, 1),
-            mean=meta["mean"],
-            std=meta["std"],
-            input_size=tuple(meta["input_size"]),
+            mean=card.mean,
+            std=card.std,
+            input_size=card.input_size,
         )
         if plan.backend == "onnxruntime":
             from ddetr.deploy.quantize_onnx import quantize_onnx_static
@@ -270,7 +271,7 @@ def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
                 plain_onnx,
                 plan.output,
                 batches,
-                meta,
+                card,
                 rules=plan.rules,
                 keep_float=keep_float,
                 algorithm=spec.quantize.algorithm,
@@ -291,7 +292,7 @@ def _default_keep_float() -> tuple[str, ...]:
 
 def _torch_calibration(plan: QuantizePlan, spec: Any) -> Any:
     """``make(mean, std)`` -> calibration batches resized as ``evaluate`` resizes (shortest side, max size)."""
-    from ddetr.deploy.evaluation import calibration_batches, list_calibration_images
+    from ddetr.data.calibration import calibration_batches, list_calibration_images
 
     source = spec.dataset.quant_calibration_data_sources
     paths = list_calibration_images(source.image_dir, source.json_file)
@@ -312,32 +313,3 @@ def _torch_calibration(plan: QuantizePlan, spec: Any) -> Any:
         )
 
     return make
-
-
-def prepare_quantized_model(model: Any, info: Any) -> Any:
-    """Give a freshly built float model the layout of the quantized checkpoint ``info`` (before its weights load).
-
-    Args:
-        model: ``DeformableDETR.from_config`` of the checkpoint's architecture.
-        info: the :class:`ddetr.checkpoint.CheckpointInfo` (its ``raw["quantization"]`` names the back end).
-
-    Returns:
-        The model to load ``info.state_dict`` into.
-
-    Raises:
-        CheckpointError: a back end this ddetr does not read. UnavailableError: its package is missing.
-    """
-    note = info.raw.get("quantization") or {}
-    backend = note.get("backend")
-    if backend == "torchao":
-        from ddetr.deploy.quantize_torchao import prepare_model
-
-        prepare_model(model, note)
-        return model
-    if backend == "modelopt.pytorch":
-        from ddetr.deploy.quantize_modelopt import restore_quantized_model
-
-        return restore_quantized_model(model, info)
-    raise CheckpointError(
-        f"{info.path}: quantized by {backend!r}; this ddetr reads torchao and modelopt.pytorch checkpoints."
-    )

@@ -6,7 +6,7 @@ per-tensor inputs calibrated on real images, on every ``nn.Conv2d`` and ``nn.Lin
 The backbone's frozen batch norms are first baked into their convolutions (:func:`bake_batch_norms`) so that
 the quantized weight is the one a deployment runs. The artefact is a ddetr checkpoint with three additions:
 the ``quantization`` note, ``modelopt_state`` (ModelOpt's record of the inserted quantizers, restored by
-:func:`restore_quantized_model` when the checkpoint is loaded) and the quantized weights stored as int8
+:func:`ddetr.model.quantized.restore_quantized_model` when the checkpoint is loaded) and the quantized weights stored as int8
 (``<layer>.weight`` int8 + ``<layer>.weight_quantizer._amax``; int8 * amax / 127 is exactly the fake-quantized
 weight), so the file is about 4x smaller where layers are quantized. ``export`` turns it into an ONNX file with
 QuantizeLinear/DequantizeLinear nodes (TensorRT explicit quantization; ONNX Runtime runs it too).
@@ -20,15 +20,13 @@ process: ModelOpt patches ONNX Runtime's calibration classes for good when it qu
 Which layers: ``quantize.layers`` (TAO's layout, :func:`ddetr.deploy.quantize_layers.parse_layers`), then ``quantize.skip_names`` and
 ``backend_kwargs.keep_float`` (default :data:`ddetr.deploy.quantize_onnx.DEFAULT_KEEP_FLOAT`) keep layers float.
 
-Only ``nvidia-modelopt`` and the ONNX tools its ONNX path imports are needed (:data:`REQUIRED`); its
+Only ``nvidia-modelopt`` and the ONNX tools its ONNX path imports are needed (:data:`ddetr.model.quantized.REQUIRED`); its
 ``[onnx]`` extra is not: on Linux it pins ``onnxruntime-gpu`` (which overwrites the ``onnxruntime`` package's
 files), ``onnx~=1.21`` and ``cupy-cuda12x``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import os
@@ -36,7 +34,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,122 +42,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddetr.artefacts.card import ModelCard
 from ddetr.deploy.quantize_layers import LayerRule, onnx_nodes_to_exclude, select_layers
-from ddetr.errors import CheckpointError, SpecError, UnavailableError
+from ddetr.errors import CheckpointError, SpecError
+from ddetr.model.quantized import (
+    INT8_MAX,
+    bake_batch_norms,
+    modelopt_torch,
+    quiet,
+    require_modelopt,
+)
 
 logger = logging.getLogger(__name__)
 
-# importable module -> the distribution that provides it
-REQUIRED = {
-    "modelopt.pytorch": {"modelopt": "nvidia-modelopt"},
-    "modelopt.onnx": {
-        "modelopt": "nvidia-modelopt",
-        "onnx_graphsurgeon": "onnx-graphsurgeon",
-        "onnxslim": "onnxslim",
-        "onnxscript": "onnxscript",
-        "lief": "lief",
-    },
-}
-MODELOPT_INSTALL = "pip install 'nvidia-modelopt>=0.47' onnx-graphsurgeon onnxslim onnxscript lief"
 # quantize.algorithm -> ModelOpt's name, per back end
 TORCH_ALGORITHMS = {"minmax": "max", "max": "max", "mse": "mse"}
 ONNX_ALGORITHMS = {"minmax": "max", "max": "max", "entropy": "entropy"}
-INT8_MAX = 127.0
-
-
-def missing_packages(backend: str) -> list[str]:
-    """The distributions ``backend`` (``modelopt.pytorch`` | ``modelopt.onnx``) needs that are not installed."""
-    import importlib.util
-
-    return [dist for module, dist in REQUIRED[backend].items() if importlib.util.find_spec(module) is None]
-
-
-def require_modelopt(backend: str, purpose: str | None = None) -> None:
-    """Raise a one-line UnavailableError naming the missing packages, if any.
-
-    Args:
-        backend: ``modelopt.pytorch`` or ``modelopt.onnx``.
-        purpose: what needs them (default ``quantize.backend=<backend>``).
-    """
-    missing = missing_packages(backend)
-    if missing:
-        raise UnavailableError(
-            f"{purpose or f'quantize.backend={backend}'} needs NVIDIA ModelOpt; not installed: {', '.join(missing)}. "
-            f"Run `{MODELOPT_INSTALL}` (or install ddetr with its [modelopt] extra)."
-        )
-
-
-@contextlib.contextmanager
-def _quiet() -> Any:
-    """Silence ModelOpt's import-time warnings and prints (untested transformers version, no CUDA runtime)."""
-    cpp = logging.getLogger("torch.utils.cpp_extension")
-    level = cpp.level
-    cpp.setLevel(logging.ERROR)
-    out = io.StringIO()
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(out):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        cpp.setLevel(level)
-        if out.getvalue().strip():
-            logger.debug("ModelOpt: %s", out.getvalue().strip())
-
-
-def _modelopt_torch(purpose: str) -> tuple[Any, Any]:
-    """``(modelopt.torch.quantization, modelopt.torch.opt)``, or UnavailableError naming the package."""
-    require_modelopt("modelopt.pytorch", purpose)
-    try:
-        with _quiet():
-            import modelopt.torch.opt as mto
-            import modelopt.torch.quantization as mtq
-    except ImportError as exc:  # installed but broken (e.g. a torch it does not support)
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise UnavailableError(
-            f"{purpose} needs NVIDIA ModelOpt, which fails to import ({reason}); reinstall with `{MODELOPT_INSTALL}`."
-        ) from None
-    return mtq, mto
 
 
 # ---------------------------------------------------------------------------------------- modelopt.pytorch
-
-
-def bake_batch_norms(model: nn.Module) -> int:
-    """Turn every backbone convolution with a folded frozen batch norm into a plain ``nn.Conv2d``, in place.
-
-    The convolution gets the normalised weight ``w * s`` and bias ``b * s + beta - mean * s`` (``s = gamma /
-    sqrt(var + eps)``); the batch norm, whose forward is already the identity, is set to the identity
-    statistics so that the state dict stays consistent. Outputs are unchanged up to float rounding. ModelOpt
-    then quantizes the weight the convolution really uses, as TensorRT does after folding.
-
-    Returns:
-        The number of convolutions baked.
-    """
-    from ddetr.model.backbone import BatchNormConv2d
-
-    count = 0
-    for module in model.modules():
-        if type(module) is not BatchNormConv2d:
-            continue
-        norm = module.norm
-        with torch.no_grad():
-            scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-            shift = norm.bias - norm.running_mean * scale
-            bias = shift if module.bias is None else module.bias * scale + shift
-            module.weight.mul_(scale.view(-1, 1, 1, 1))
-            norm.weight.fill_(1.0)
-            norm.bias.zero_()
-            norm.running_mean.zero_()
-            norm.running_var.fill_(1.0 - norm.eps)
-        if module.bias is None:
-            module.bias = nn.Parameter(bias.detach().clone(), requires_grad=module.weight.requires_grad)
-        else:
-            with torch.no_grad():
-                module.bias.copy_(bias)
-        del module.__dict__["norm"]
-        module.__class__ = nn.Conv2d
-        count += 1
-    return count
 
 
 def quant_config(chosen: Mapping[str, tuple[bool, bool]], algorithm: str) -> dict[str, Any]:
@@ -201,17 +101,6 @@ def _int8_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> int:
     return len(done)
 
 
-def _float_weights(state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Undo :func:`_int8_weights` in place: int8 codes times ``amax / 127`` (float32)."""
-    for key, value in list(state_dict.items()):
-        if value.dtype != torch.int8 or not key.endswith("weight"):
-            continue
-        amax = state_dict.get(f"{key}_quantizer._amax")
-        if amax is None:
-            raise CheckpointError(f"{source}: int8 weight {key} has no {key}_quantizer._amax scale.")
-        state_dict[key] = value.float() * (amax.float() / INT8_MAX)
-
-
 def quantize_checkpoint_modelopt(
     checkpoint: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -243,16 +132,17 @@ def quantize_checkpoint_modelopt(
         UnavailableError: ModelOpt missing. CheckpointError: already quantized. SpecError: unknown algorithm, or
             the rules leave no layer to quantize.
     """
-    from ddetr.checkpoint import build_model_from_checkpoint, save_checkpoint
+    from ddetr.artefacts.checkpoint import save_checkpoint
+    from ddetr.model.detector import build_model_from_checkpoint
 
     if algorithm not in TORCH_ALGORITHMS:
         raise SpecError(
             f"quantize.algorithm: {algorithm!r} is not available with modelopt.pytorch; use one of "
             f"{', '.join(TORCH_ALGORITHMS)} (entropy: quantize.backend=modelopt.onnx)."
         )
-    mtq, mto = _modelopt_torch("quantize.backend=modelopt.pytorch")
-    model, info = build_model_from_checkpoint(checkpoint, encryption_key=encryption_key)
-    if info.raw.get("quantization"):
+    mtq, mto = modelopt_torch("quantize.backend=modelopt.pytorch")
+    model, loaded = build_model_from_checkpoint(checkpoint, encryption_key=encryption_key)
+    if loaded.card.quantization:
         raise CheckpointError(f"quantize.model_path: {checkpoint} is already quantized.")
     baked = bake_batch_norms(model)
     chosen = select_layers(model, rules, keep_float)
@@ -269,15 +159,11 @@ def quantize_checkpoint_modelopt(
 
     def forward_loop(module: nn.Module) -> None:
         nonlocal images
-        from ddetr.runtime.base import ModelInfo
-
-        aug = ((info.spec or {}).get("dataset") or {}).get("augmentation") or {}
-        mean, std = aug.get("input_mean", ModelInfo.mean), aug.get("input_std", ModelInfo.std)
-        for batch in calibration(mean, std) if calibration else ():
+        for batch in calibration(loaded.card.mean, loaded.card.std) if calibration else ():
             module(torch.from_numpy(batch))
             images += batch.shape[0]
 
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), quiet():
         config = quant_config(chosen, TORCH_ALGORITHMS[algorithm])
         model = mtq.quantize(model, config, forward_loop=forward_loop if static else None)
     model.eval()
@@ -300,12 +186,10 @@ def quantize_checkpoint_modelopt(
     }
     save_checkpoint(
         out,
+        card=loaded.card.evolve(quantization=note),
         state_dict=state_dict,
-        model=info.model,
-        num_classes=info.num_classes,
-        class_names=info.class_names,
-        spec=info.spec,
-        extra={"quantization": note, "modelopt_state": mto.modelopt_state(model)},
+        spec=loaded.spec,
+        extra={"modelopt_state": mto.modelopt_state(model)},
         encryption_key=encryption_key,
     )
     logger.info(
@@ -328,35 +212,6 @@ def _modelopt_version() -> str:
         return "unknown"
 
 
-def restore_quantized_model(model: nn.Module, info: Any) -> nn.Module:
-    """Give a freshly built float model the layout of a ``modelopt.pytorch`` checkpoint, ready to load its weights.
-
-    Bakes the batch norms, re-inserts ModelOpt's quantizers from ``modelopt_state`` and turns the stored int8
-    weights of ``info.state_dict`` back into float (in place).
-
-    Args:
-        model: ``DeformableDETR.from_config`` of the checkpoint's model section.
-        info: the checkpoint's :class:`ddetr.checkpoint.CheckpointInfo`.
-
-    Returns:
-        The model to load ``info.state_dict`` into (ModelOpt converts it in place and returns it).
-
-    Raises:
-        UnavailableError: ModelOpt is not installed. CheckpointError: no ``modelopt_state`` in the checkpoint.
-    """
-    state = info.raw.get("modelopt_state")
-    if not isinstance(state, Mapping):
-        raise CheckpointError(
-            f"{info.path}: a modelopt.pytorch checkpoint without its 'modelopt_state' entry."
-        )
-    _, mto = _modelopt_torch(f"{info.path} (a modelopt.pytorch quantized checkpoint)")
-    bake_batch_norms(model)
-    with _quiet():
-        model = mto.restore_from_modelopt_state(model, dict(state))
-    _float_weights(info.state_dict, str(info.path))
-    return model
-
-
 # ------------------------------------------------------------------------------------------ modelopt.onnx
 
 
@@ -364,7 +219,7 @@ def quantize_onnx_modelopt(
     float_onnx: str | os.PathLike[str],
     output: str | os.PathLike[str],
     calibration: Iterable[np.ndarray],
-    metadata: Mapping[str, Any],
+    card: ModelCard,
     *,
     rules: Sequence[LayerRule],
     keep_float: Sequence[str],
@@ -375,9 +230,9 @@ def quantize_onnx_modelopt(
 
     Args:
         float_onnx: a plain (not encrypted) standard-op ddetr export.
-        output: the quantized file, written atomically with ``metadata`` plus the ``quantization`` note.
+        output: the quantized file, written atomically with ``card`` plus the ``quantization`` note.
         calibration: float32 batches (B, 3, H, W) at the file's input size, preprocessed as inference does.
-        metadata: the float file's ``ddetr`` metadata.
+        card: the float file's model card.
         rules, keep_float: which Conv/MatMul/Gemm nodes are quantized (:func:`onnx_nodes_to_exclude`).
         algorithm: ``minmax``/``max`` (ModelOpt ``max``) or ``entropy``.
         encryption_key: when non-empty, ``output`` is written encrypted (never plain under its final name).
@@ -391,8 +246,8 @@ def quantize_onnx_modelopt(
     """
     import onnx
 
+    from ddetr.artefacts.onnx_file import INPUT_NAME, set_card
     from ddetr.crypto import write_bytes_atomic
-    from ddetr.deploy.onnx_export import INPUT_NAME, set_metadata
 
     if algorithm not in ONNX_ALGORITHMS:
         raise SpecError(
@@ -431,7 +286,7 @@ def quantize_onnx_modelopt(
             "excluded_nodes": len(excluded),
             "modelopt_version": _modelopt_version(),
         }
-        set_metadata(quantized, {**metadata, "quantization": note})
+        set_card(quantized, card.evolve(quantization=note))
         write_bytes_atomic(out, quantized.SerializeToString(), encryption_key)
     logger.info("ModelOpt ONNX INT8: %s -> %s (%d nodes kept float).", float_onnx, out, len(excluded))
     return note
@@ -439,10 +294,8 @@ def quantize_onnx_modelopt(
 
 def _run_onnx_worker(args_file: Path) -> None:
     """Run :func:`_onnx_worker` in a child Python (ModelOpt's ONNX Runtime patches stay there)."""
-    import ddetr
-
     env = dict(os.environ)
-    source = str(Path(ddetr.__file__).resolve().parents[1])
+    source = str(Path(__file__).resolve().parents[2])  # the folder that holds the ddetr package
     env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH", "")) if p)
     result = subprocess.run(
         [sys.executable, "-m", "ddetr.deploy.quantize_modelopt", str(args_file)],
@@ -464,7 +317,7 @@ def _onnx_worker(args_file: str) -> None:
     args = json.loads(Path(args_file).read_text())
     data = np.load(args.pop("calibration_data"))
     input_name = args.pop("input_name")
-    with _quiet():
+    with quiet():
         from modelopt.onnx.quantization import quantize
 
     quantize(

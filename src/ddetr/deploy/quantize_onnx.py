@@ -98,7 +98,7 @@ def quantize_onnx_static(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from ddetr.deploy.onnx_export import INPUT_NAME, metadata_from_proto, set_metadata
+    from ddetr.artefacts.onnx_file import INPUT_NAME, card_from_proto, set_card
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}
     methods["percentile"] = CalibrationMethod.Percentile
@@ -110,7 +110,7 @@ def quantize_onnx_static(
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     if activation_type not in types:
         raise SpecError(f"quantize.backend_kwargs.activation_type: {activation_type!r}; use int8 or uint8.")
-    meta = metadata_from_proto(onnx.load(str(onnx_in), load_external_data=False)) or {}
+    card = card_from_proto(onnx.load(str(onnx_in), load_external_data=False), str(onnx_in))
     out = Path(onnx_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize.") as work:
@@ -149,7 +149,7 @@ def quantize_onnx_static(
             "keep_float": list(keep_float),
             "excluded_nodes": len(excluded),
         }
-        set_metadata(quantized, {**meta, "quantization": note})
+        set_card(quantized, card.evolve(quantization=note))
         if encryption_key:
             from ddetr.crypto import write_bytes_atomic
 

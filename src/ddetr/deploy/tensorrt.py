@@ -2,16 +2,13 @@
 
 Everything that needs TensorRT or a GPU imports it inside the function that needs it, through
 :func:`require_tensorrt`, which raises a one-line :class:`UnavailableError` when either is missing. The engine
-is written with a JSON sidecar (``<engine>.json``: the ONNX file's ``ddetr`` metadata plus the build settings)
-so that :class:`ddetr.runtime.tensorrt_backend.TensorRTPredictor` needs no spec. Extra plugin libraries (a
-custom build of the attention plugin) are loaded from the ``DDETR_TRT_PLUGIN_LIBS`` environment variable
-(``os.pathsep``-separated paths); TensorRT's own ``MultiscaleDeformableAttnPlugin_TRT`` comes with
-libnvinfer_plugin, which is always initialised.
+is written with a JSON sidecar (``<engine>.json``: the ONNX file's model card plus the build settings,
+:mod:`ddetr.artefacts.engine_file`) so that :class:`ddetr.runtime.tensorrt_backend.TensorRTPredictor` needs no
+spec. Importing TensorRT and its plugins: :mod:`ddetr.runtime.trt`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -21,38 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from ddetr.artefacts.card import ModelCard
+from ddetr.artefacts.engine_file import write_sidecar
 from ddetr.crypto import read_bytes, write_bytes_atomic
-from ddetr.errors import DataError, SpecError, UnavailableError
+from ddetr.errors import CheckpointError, DataError, SpecError, UnavailableError
+from ddetr.runtime.trt import load_plugin_libraries, require_tensorrt
 
 logger = logging.getLogger(__name__)
 
-TENSORRT_INSTALL = "pip install tensorrt (TensorRT 10, with an NVIDIA GPU, driver and CUDA)"
-PLUGIN_LIBS_ENV = "DDETR_TRT_PLUGIN_LIBS"
 PRECISIONS = ("fp32", "fp16", "int8")
-SIDECAR_SUFFIX = ".json"
-
-
-def require_tensorrt(action: str = "gen_trt_engine") -> Any:
-    """Import ``tensorrt`` and check for a CUDA GPU.
-
-    Raises:
-        UnavailableError: one line naming what is missing (the package, or the GPU) and how to get it.
-    """
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise UnavailableError(
-            f"{action} needs TensorRT, which is not installed: {TENSORRT_INSTALL}. On a CPU, run the ONNX file "
-            "with ONNX Runtime instead (export.on_cpu=true)."
-        ) from None
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UnavailableError(
-            f"{action} needs an NVIDIA GPU (TensorRT {getattr(trt, '__version__', '?')} is installed but torch "
-            "finds no CUDA device). On a CPU, run the ONNX file with ONNX Runtime instead."
-        )
-    return trt
 
 
 @dataclass
@@ -118,19 +92,19 @@ def parse_layers_precision(entries: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def build_settings(section: Any, onnx_file: str, engine_file: str, meta: dict[str, Any]) -> TrtBuildSettings:
+def build_settings(section: Any, onnx_file: str, engine_file: str, card: ModelCard) -> TrtBuildSettings:
     """Check the ``gen_trt_engine`` section against the ONNX file's metadata and derive the builder settings.
 
     Args:
         section: the spec's ``gen_trt_engine`` section.
         onnx_file, engine_file: paths.
-        meta: the ONNX file's ``ddetr`` metadata (:func:`ddetr.deploy.onnx_export.read_metadata`).
+        card: the ONNX file's model card (:func:`ddetr.artefacts.onnx_file.read_card`).
 
     Raises:
         SpecError: inconsistent batch sizes, bad layers_precision, INT8 without calibration images or cache.
     """
     trt_section = section.tensorrt
-    file_batch = int(meta.get("batch_size", -1))
+    file_batch = card.batch_size or -1
     if section.batch_size > 0:
         sizes = (section.batch_size,) * 3
     else:
@@ -157,7 +131,9 @@ def build_settings(section: Any, onnx_file: str, engine_file: str, meta: dict[st
                 "cal_cache_file); set cal_image_dir to a folder of representative images."
             )
         calibration = CalibrationSettings(dirs, cal.cal_cache_file, cal.cal_batch_size, cal.cal_batches)
-    width, height = meta["input_size"]
+    if card.input_size is None:
+        raise CheckpointError(f"gen_trt_engine.onnx_file: {onnx_file} has no fixed input size; re-export it.")
+    width, height = card.input_size
     return TrtBuildSettings(
         onnx_file=str(onnx_file),
         engine_file=str(engine_file),
@@ -174,13 +150,13 @@ def build_settings(section: Any, onnx_file: str, engine_file: str, meta: dict[st
     )
 
 
-def calibration_stream(settings: TrtBuildSettings, meta: dict[str, Any]) -> Iterator[np.ndarray]:
+def calibration_stream(settings: TrtBuildSettings, card: ModelCard) -> Iterator[np.ndarray]:
     """The INT8 calibration batches: (cal_batch_size, 3, H, W) float32, preprocessed as inference does.
 
     Raises:
         DataError: fewer than cal_batch_size x cal_batches images in cal_image_dir.
     """
-    from ddetr.deploy.evaluation import calibration_batches, list_calibration_images
+    from ddetr.data.calibration import calibration_batches, list_calibration_images
 
     cal = settings.calibration
     if cal is None:
@@ -196,50 +172,10 @@ def calibration_stream(settings: TrtBuildSettings, meta: dict[str, Any]) -> Iter
         paths,
         batch_size=cal.batch_size,
         num_batches=cal.batches,
-        mean=meta["mean"],
-        std=meta["std"],
+        mean=card.mean,
+        std=card.std,
         input_size=(width, height),
     )
-
-
-def write_sidecar(engine_file: Path, meta: dict[str, Any], settings: TrtBuildSettings) -> Path:
-    """``<engine>.json``: the ONNX metadata the runtime needs plus the build settings."""
-    path = Path(f"{engine_file}{SIDECAR_SUFFIX}")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({**meta, "tensorrt": asdict(settings)}, indent=2))
-    os.replace(tmp, path)
-    return path
-
-
-def read_sidecar(engine_file: str | os.PathLike[str]) -> dict[str, Any]:
-    """The metadata written beside an engine by :func:`write_sidecar`.
-
-    Raises:
-        CheckpointError: no sidecar (the engine was not built by ``ddetr gen_trt_engine``).
-    """
-    from ddetr.errors import CheckpointError
-
-    path = Path(f"{engine_file}{SIDECAR_SUFFIX}")
-    if not path.is_file():
-        raise CheckpointError(
-            f"{engine_file}: no {path.name} beside it; build the engine with `ddetr gen_trt_engine` so that its "
-            "class names, input size and normalisation are known."
-        )
-    return json.loads(path.read_text())
-
-
-def load_plugin_libraries(trt: Any, trt_logger: Any) -> list[str]:
-    """Initialise libnvinfer_plugin and load the extra plugin libraries named in ``DDETR_TRT_PLUGIN_LIBS``."""
-    import ctypes
-
-    trt.init_libnvinfer_plugins(trt_logger, "")
-    loaded = []
-    for lib in filter(None, os.environ.get(PLUGIN_LIBS_ENV, "").split(os.pathsep)):
-        if not Path(lib).is_file():
-            raise UnavailableError(f"{PLUGIN_LIBS_ENV}: plugin library {lib} does not exist.")
-        ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
-        loaded.append(lib)
-    return loaded
 
 
 def make_calibrator(trt: Any, batches: Iterator[np.ndarray], batch_size: int, cache_file: str) -> Any:
@@ -277,7 +213,7 @@ def make_calibrator(trt: Any, batches: Iterator[np.ndarray], batch_size: int, ca
     return _Calibrator()
 
 
-def build_engine(settings: TrtBuildSettings, meta: dict[str, Any], encryption_key: str | None = None) -> Path:
+def build_engine(settings: TrtBuildSettings, card: ModelCard, encryption_key: str | None = None) -> Path:
     """Parse the ONNX file and build a serialized engine (TensorRT 10 API), written atomically with its sidecar.
 
     With ``encryption_key`` an encrypted ONNX file is decrypted in memory and the engine is written encrypted
@@ -308,7 +244,7 @@ def build_engine(settings: TrtBuildSettings, meta: dict[str, Any], encryption_ke
         config.set_flag(trt.BuilderFlag.INT8)
         cal = settings.calibration
         have_cache = cal is not None and cal.cache_file and Path(cal.cache_file).is_file()
-        batches = iter(()) if have_cache else calibration_stream(settings, meta)
+        batches = iter(()) if have_cache else calibration_stream(settings, card)
         config.int8_calibrator = make_calibrator(
             trt, batches, cal.batch_size if cal else 1, cal.cache_file if cal else ""
         )
@@ -331,7 +267,7 @@ def build_engine(settings: TrtBuildSettings, meta: dict[str, Any], encryption_ke
         cache_tmp = Path(f"{settings.timing_cache}.tmp{os.getpid()}")
         cache_tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
         os.replace(cache_tmp, settings.timing_cache)
-    write_sidecar(engine, meta, settings)
+    write_sidecar(engine, card, asdict(settings))
     return engine
 
 

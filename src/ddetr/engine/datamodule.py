@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from ddetr.data.coco import CocoDetection, check_min_size
-from ddetr.data.collate import collate_detection
-from ddetr.data.sources import resolve_file, resolve_image_dir
+from ddetr.data.collate import collate_detection, num_workers
+from ddetr.data.sources import resolve_sources
 from ddetr.data.transforms import build_transforms
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_sources(sources: Any) -> list[tuple[str, str]]:
-    """Spec data sources (one or a list of {image_dir, json_file}) -> local (image folder, json path) pairs."""
-    if not isinstance(sources, (list, tuple)):
-        sources = [sources]
-    pairs = []
-    for source in sources:
-        image_dir, json_file = source.image_dir, source.json_file
-        if not image_dir and not json_file:
-            continue
-        pairs.append((str(resolve_image_dir(image_dir)), str(resolve_file(json_file))))
-    return pairs
 
 
 def transform_kwargs(spec: Any) -> dict[str, Any]:
@@ -45,11 +31,6 @@ def transform_kwargs(spec: Any) -> dict[str, Any]:
         "input_std": list(aug.input_std),
         "fixed_random_crop": aug.fixed_random_crop,
     }
-
-
-def num_workers(requested: int) -> int:
-    """Loader processes: the spec's value capped to this machine's cores (0 means load in the main process)."""
-    return max(0, min(int(requested), os.cpu_count() or 1))
 
 
 class DetectionDataModule(pl.LightningDataModule):

@@ -13,9 +13,11 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from ddetr.artefacts.card import ModelCard
+from ddetr.artefacts.checkpoint import LIGHTNING_KEY, lightning_entry
 from ddetr.model.criterion import build_criterion
 from ddetr.model.detector import DeformableDETR
-from ddetr.model.postprocess import postprocess
+from ddetr.model.predict import decode
 
 logger = logging.getLogger(__name__)
 
@@ -121,11 +123,11 @@ class DetectionModule(pl.LightningModule):
         if self._evaluator is None:
             return
         sizes = torch.stack([t["orig_size"] for t in targets]).to(outputs.pred_boxes.device)
-        dets = postprocess(
-            outputs.pred_logits.float(), outputs.pred_boxes.float(), sizes, self.model.model_config.num_select
+        found = decode(
+            outputs.pred_logits, outputs.pred_boxes, sizes, num_select=self.model.model_config.num_select
         )
-        for target, det in zip(targets, dets):
-            self._evaluator.add(int(target["image_id"]), det["boxes"], det["scores"], det["labels"])
+        for target, det in zip(targets, found):
+            self._evaluator.add(int(target["image_id"]), det.boxes, det.scores, det.labels)
 
     def on_validation_epoch_end(self) -> None:
         metrics: dict[str, float] = {}
@@ -173,20 +175,16 @@ class DetectionModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # ----------------------------------------------------------------------------------- checkpoints
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        """What makes a checkpoint self-describing: architecture, classes and the spec (without its key)."""
-        spec = self.spec.model_dump(mode="json") if hasattr(self.spec, "model_dump") else None
-        if spec is not None and spec.get("encryption_key"):
-            spec["encryption_key"] = ""  # the key never travels inside a file
-        return {
-            "model": self.model.model_config.model_dump(mode="json"),
-            "num_classes": int(self.model.num_classes),
-            "class_names": list(self.class_names),
-            "spec": spec,
-        }
+    def model_card(self) -> ModelCard:
+        """The card of the model being trained: the spec's architecture, preprocessing and the class names."""
+        return ModelCard.from_spec(self.spec, self.class_names)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ddetr"] = self.checkpoint_metadata()
+        # what makes the checkpoint self-describing: the card and the spec (without its key)
+        spec = self.spec.model_dump(mode="json")
+        if spec.get("encryption_key"):
+            spec["encryption_key"] = ""  # the key never travels inside a file
+        checkpoint[LIGHTNING_KEY] = lightning_entry(self.model_card(), spec)
 
 
 def estimated_steps(num_samples: int, batch_size: int, world_size: int) -> int:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddetr.artefacts.card import ModelCard
+from ddetr.artefacts.checkpoint import LoadedCheckpoint, load_checkpoint, load_into_model
 from ddetr.errors import SpecError
 from ddetr.model.backbone import (
     GC_VITS,
@@ -29,6 +32,8 @@ from ddetr.model.backbone import (
 )
 from ddetr.model.outputs import DetectionOutput, LayerPrediction
 from ddetr.model.position import PositionEmbeddingSine
+from ddetr.model.predict import Detections, ModulePredictor, predict_images
+from ddetr.model.preprocess import ImageInput
 from ddetr.model.transformer import DeformableTransformer, inverse_sigmoid
 from ddetr.spec.sections import ModelSection
 
@@ -118,6 +123,8 @@ class DeformableDETR(nn.Module):
         aux_loss: return every decoder layer's predictions.
         with_box_refine: iterative box refinement (independent heads per decoder layer).
         model_config: the spec section the model was built from (kept as ``self.model_config``).
+        card: the model card of stored weights (class names, preprocessing) when the model runs a stored
+            artefact (``from_checkpoint``); None for a model being trained. ``predict`` uses it.
     """
 
     def __init__(
@@ -130,8 +137,10 @@ class DeformableDETR(nn.Module):
         aux_loss: bool = True,
         with_box_refine: bool = False,
         model_config: ModelSection | None = None,
+        card: ModelCard | None = None,
     ) -> None:
         super().__init__()
+        self.card = card
         hidden_dim = transformer.d_model
         self.two_stage = transformer.two_stage
         self.num_classes = num_classes
@@ -190,8 +199,12 @@ class DeformableDETR(nn.Module):
                 nn.init.constant_(head.layers[-1].bias[2:], 0.0)
 
     @classmethod
-    def from_config(cls, model: ModelSection, num_classes: int) -> DeformableDETR:
-        """Build the detector described by the spec's ``model`` section.
+    def from_config(
+        cls, model: ModelSection, num_classes: int, card: ModelCard | None = None
+    ) -> DeformableDETR:
+        """Build the detector described by the spec's ``model`` section (random weights).
+
+        ``card`` is kept as ``self.card`` (see the class arguments).
 
         Raises:
             SpecError: inconsistent architecture fields (checked before any module is built).
@@ -221,11 +234,12 @@ class DeformableDETR(nn.Module):
             aux_loss=model.aux_loss,
             with_box_refine=model.with_box_refine,
             model_config=model.model_copy(deep=True),
+            card=card,
         )
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, encryption_key: str | None = None) -> DeformableDETR:
-        """Rebuild the architecture and weights from a ddetr checkpoint alone (class names included).
+        """Rebuild the architecture and weights from a ddetr checkpoint alone (its card included).
 
         ``encryption_key`` is the key an encrypted checkpoint was written with (plain files ignore it).
 
@@ -233,20 +247,37 @@ class DeformableDETR(nn.Module):
             >>> model = DeformableDETR.from_checkpoint("results/train/dd_model_latest.pth")  # doctest: +SKIP
             >>> model.predict("image.jpg")[0].class_names  # doctest: +SKIP
         """
-        from ddetr.model.predict import load_for_inference
-
-        return load_for_inference(path, encryption_key)
+        model, _ = build_model_from_checkpoint(path, encryption_key=encryption_key)
+        return model
 
     def predict(
-        self, images: Any, *, conf_threshold: float = 0.5, num_select: int | None = None
-    ) -> list[Any]:
-        """Detect objects in paths, PIL images or RGB arrays; one ``Detections`` per image (boxes xyxy pixels).
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        conf_threshold: float = 0.5,
+        num_select: int | None = None,
+        batch_size: int = 4,
+    ) -> list[Detections]:
+        """Detect objects in paths, PIL images or RGB arrays; one :class:`Detections` per image (xyxy pixels).
 
-        See :func:`ddetr.model.predict.predict`.
+        Preprocessing, class names and ``num_select`` come from ``self.card`` (a model built from a spec
+        without a card uses the spec defaults and its own ``num_select``). See
+        :func:`ddetr.model.predict.predict_images`.
         """
-        from ddetr.model.predict import predict
-
-        return predict(self, images, conf_threshold=conf_threshold, num_select=num_select)
+        card = self.card
+        if card is None:
+            if self.model_config is None:
+                raise SpecError("predict: this model has neither a model card nor a model section.")
+            card = ModelCard(
+                model=self.model_config, num_classes=self.num_classes, num_select=self.model_config.num_select
+            )
+        return predict_images(
+            ModulePredictor(self, card),
+            images,
+            conf_threshold=conf_threshold,
+            num_select=num_select,
+            batch_size=batch_size,
+        )
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> DetectionOutput:
         """Detect.
@@ -304,3 +335,47 @@ class DeformableDETR(nn.Module):
             aux_outputs=predictions[:-1] if self.aux_loss else [],
             enc_outputs=enc_outputs,
         )
+
+
+def build_model(card: ModelCard) -> DeformableDETR:
+    """The float detector of ``card``'s architecture, for running a stored model (random weights).
+
+    The backbone's batch norm is frozen (folded into its convolutions: in eval mode it equals a live one) and
+    the backbone-only weights file it was once initialised from is never re-read: the stored weights hold it.
+
+    Raises:
+        SpecError: an inconsistent architecture in the card.
+    """
+    architecture = card.model.model_copy(update={"pretrained_backbone_path": "", "freeze_backbone_bn": True})
+    return DeformableDETR.from_config(architecture, card.num_classes, card=card)
+
+
+def build_model_from_checkpoint(
+    path: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
+    encryption_key: str | None = None,
+) -> tuple[DeformableDETR, LoadedCheckpoint]:
+    """Build the model a checkpoint's card describes and load its weights strictly.
+
+    Args:
+        path: a ddetr or ddetr-Lightning checkpoint (quantized ones included).
+        map_location: device for the tensors (the model is built on CPU, then holds these tensors).
+        encryption_key: the key an encrypted checkpoint was written with (plain files ignore it).
+
+    Returns:
+        ``(model, loaded)`` with the model in eval mode and ``model.card`` the checkpoint's card.
+
+    Raises:
+        CheckpointError: unreadable checkpoint, or weights that do not fit the recorded architecture
+            (names the first missing/unexpected keys and shape differences).
+        UnavailableError: a quantized checkpoint whose back end's package (torchao, nvidia-modelopt) is missing.
+    """
+    loaded = load_checkpoint(path, map_location=map_location, encryption_key=encryption_key)
+    model = build_model(loaded.card)
+    if loaded.card.quantization:  # torchao / ModelOpt: give the float model the quantized layout first
+        from ddetr.model.quantized import prepare_quantized_model
+
+        model = prepare_quantized_model(model, loaded)
+    load_into_model(model, loaded.state_dict, str(loaded.path))
+    model.eval()
+    return model, loaded

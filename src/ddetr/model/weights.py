@@ -22,7 +22,8 @@ import torch
 import torchvision
 from pydantic import ValidationError
 
-from ddetr.checkpoint import describe_mismatch, load_into_model, save_checkpoint, short_list
+from ddetr.artefacts.card import ModelCard
+from ddetr.artefacts.checkpoint import describe_mismatch, load_into_model, save_checkpoint, short_list
 from ddetr.errors import CheckpointError, DdetrError, SpecError
 from ddetr.spec.sections import ModelSection
 
@@ -477,10 +478,13 @@ def _import_and_save(
         )
     written = save_checkpoint(
         output,
+        card=ModelCard(
+            model=model_section,
+            num_classes=num_classes,
+            class_names=tuple(class_names or ()),
+            num_select=model_section.num_select,
+        ),
         state_dict=state_dict,
-        model=model_section,
-        num_classes=num_classes,
-        class_names=class_names,
         extra={"imported_from": {"source": source, "path": str(input)}},
     )
     summary = (

@@ -1,24 +1,32 @@
-"""Predictors: one interface over PyTorch checkpoints, ONNX Runtime and TensorRT engines."""
+"""Predictors: one interface over PyTorch checkpoints, ONNX Runtime and TensorRT engines.
+
+:func:`load_predictor` picks the back end by the file; every back end is a
+:class:`ddetr.model.predict.Predictor` carrying the artefact's model card, run through the one
+:func:`ddetr.model.predict.detect`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ddetr.errors import CheckpointError
-from ddetr.runtime.base import ModelInfo, Predictor
+from ddetr.model.predict import Predictor
 
-__all__ = ["ModelInfo", "Predictor", "load_predictor"]
+__all__ = ["ENGINE_SUFFIXES", "Predictor", "load_predictor"]
 
 ENGINE_SUFFIXES = (".engine", ".trt", ".plan")
 
 
-def load_predictor(
-    path: str, *, spec_model: Any | None = None, device: str = "cpu", encryption_key: str | None = None
-) -> Predictor:
+def load_predictor(path: str | Path, *, device: str = "cpu", encryption_key: str | None = None) -> Predictor:
     """A Predictor for a ``.pth`` checkpoint, an ``.onnx`` file or a TensorRT engine, chosen by the file.
 
-    ``encryption_key`` decrypts a file written with one (plain files ignore it).
+    Args:
+        path: the artefact.
+        device: torch device for a checkpoint ("cuda" falls back to the CPU with a notice when no GPU exists).
+        encryption_key: decrypts a file written with one (plain files ignore it).
+
+    Raises:
+        CheckpointError: no such file, or not a ddetr artefact. UnavailableError: its runtime is missing.
     """
     p = Path(path)
     if not p.is_file():
@@ -27,11 +35,11 @@ def load_predictor(
     if suffix == ".onnx":
         from ddetr.runtime.onnx_backend import OnnxPredictor
 
-        return OnnxPredictor(path, encryption_key=encryption_key)
+        return OnnxPredictor(p, encryption_key=encryption_key)
     if suffix in ENGINE_SUFFIXES:
         from ddetr.runtime.tensorrt_backend import TensorRTPredictor
 
-        return TensorRTPredictor(path, encryption_key=encryption_key)
+        return TensorRTPredictor(p, encryption_key=encryption_key)
     from ddetr.runtime.torch_backend import TorchPredictor
 
-    return TorchPredictor(path, spec_model=spec_model, device=device, encryption_key=encryption_key)
+    return TorchPredictor(p, device=device, encryption_key=encryption_key)

@@ -4,37 +4,25 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ddetr.artefacts.onnx_file import INPUT_NAME, OUTPUT_NAMES, read_card
+from ddetr.crypto import is_encrypted, read_bytes
 from ddetr.errors import CheckpointError, DataError, UnavailableError
-from ddetr.runtime.base import ModelInfo, Predictor
+from ddetr.model.predict import Predictor
 
 logger = logging.getLogger(__name__)
-
-
-def model_info_from_metadata(meta: dict[str, Any]) -> ModelInfo:
-    """:class:`ModelInfo` from the ``ddetr`` metadata an export writes."""
-    size = meta.get("input_size")
-    return ModelInfo(
-        num_classes=int(meta["num_classes"]),
-        class_names=list(meta.get("class_names") or []),
-        input_size=(int(size[0]), int(size[1])) if size else None,
-        mean=tuple(float(v) for v in meta.get("mean", ModelInfo.mean)),
-        std=tuple(float(v) for v in meta.get("std", ModelInfo.std)),
-        num_queries=int(meta.get("num_queries", ModelInfo.num_queries)),
-    )
 
 
 class OnnxPredictor(Predictor):
     """Runs a ddetr ONNX file in ONNX Runtime.
 
-    The file's metadata gives the class names, the fixed input size and the normalisation, so no spec model
+    The file's model card gives the class names, the fixed input size and the normalisation, so no spec model
     section or classmap is needed. Inputs must already be at the fixed size (evaluate and inference resize to
-    ``info.input_size``); a file with a fixed batch size is fed in chunks of that size.
+    ``card.input_size``); a file with a fixed batch size is fed in chunks of that size.
 
     Args:
         path: the ``.onnx`` file.
@@ -59,20 +47,15 @@ class OnnxPredictor(Predictor):
     ) -> None:
         import onnxruntime as ort
 
-        from ddetr.crypto import is_encrypted, read_bytes
-        from ddetr.deploy.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_metadata
-
         self.path = str(path)
         # an encrypted file is decrypted once, in memory; the plaintext never touches the disk
         model: str | bytes = read_bytes(path, encryption_key) if is_encrypted(path) else self.path
-        self.metadata = read_metadata(path, data=model if isinstance(model, bytes) else None)
-        if self.metadata.get("trt_plugin"):
+        self.card = read_card(path, data=model if isinstance(model, bytes) else None)
+        if self.card.trt_plugin:
             raise UnavailableError(
                 f"{path}: exported for TensorRT (attention plugin node, export.on_cpu=false); ONNX Runtime cannot "
                 "run it. Re-export with export.on_cpu=true, or build an engine with `ddetr gen_trt_engine`."
             )
-        self.info = model_info_from_metadata(self.metadata)
-        self.quantization = self.metadata.get("quantization")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads > 0:
@@ -86,16 +69,14 @@ class OnnxPredictor(Predictor):
             raise CheckpointError(
                 f"{path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0]}"
             ) from None
-        self._input = INPUT_NAME
-        self._outputs = list(OUTPUT_NAMES)
         batch = self.session.get_inputs()[0].shape[0]
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
         self._warned_padding = False
 
     def __call__(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """images (B, 3, H, W) normalised at ``info.input_size`` -> logits (B, Q, C), boxes (B, Q, 4)."""
-        if self.info.input_size is not None:
-            width, height = self.info.input_size
+        """images (B, 3, H, W) normalised at ``card.input_size`` -> logits (B, Q, C), boxes (B, Q, 4)."""
+        if self.card.input_size is not None:
+            width, height = self.card.input_size
             if tuple(images.shape[-2:]) != (height, width):
                 raise DataError(
                     f"{self.path}: exported for {width}x{height} input, got a batch of "
@@ -114,7 +95,9 @@ class OnnxPredictor(Predictor):
             real = part.shape[0]
             if real < chunk:  # fixed-batch file: pad the last chunk with zeros, drop their outputs
                 part = np.concatenate([part, np.zeros((chunk - real, *part.shape[1:]), part.dtype)])
-            out_logits, out_boxes = self.session.run(self._outputs, {self._input: np.ascontiguousarray(part)})
+            out_logits, out_boxes = self.session.run(
+                list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(part)}
+            )
             logits.append(out_logits[:real])
             boxes.append(out_boxes[:real])
         return torch.from_numpy(np.concatenate(logits)), torch.from_numpy(np.concatenate(boxes))

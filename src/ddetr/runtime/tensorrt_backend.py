@@ -8,8 +8,11 @@ import os
 import torch
 from torch import Tensor
 
+from ddetr.artefacts.engine_file import read_sidecar
+from ddetr.crypto import read_bytes
 from ddetr.errors import CheckpointError, DataError
-from ddetr.runtime.base import Predictor
+from ddetr.model.predict import Predictor
+from ddetr.runtime.trt import load_plugin_libraries, require_tensorrt
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +20,7 @@ logger = logging.getLogger(__name__)
 class TensorRTPredictor(Predictor):
     """Runs a serialized TensorRT engine on the GPU.
 
-    The engine's sidecar (``<engine>.json``, written by ``gen_trt_engine``) gives class names, input size and
+    The engine's sidecar (``<engine>.json``, written by ``gen_trt_engine``) holds the model card: class names, input size and
     normalisation. Batches larger than the engine's maximum batch are run in chunks.
 
     Args:
@@ -35,15 +38,11 @@ class TensorRTPredictor(Predictor):
     def __init__(
         self, path: str | os.PathLike[str], device: int = 0, encryption_key: str | None = None
     ) -> None:
-        from ddetr.crypto import read_bytes
-        from ddetr.deploy.tensorrt import load_plugin_libraries, read_sidecar, require_tensorrt
-        from ddetr.runtime.onnx_backend import model_info_from_metadata
-
         trt = require_tensorrt("running a TensorRT engine")
         self.path = str(path)
-        meta = read_sidecar(path)
-        self.info = model_info_from_metadata(meta)
-        self.max_batch = int((meta.get("tensorrt") or {}).get("max_batch", 1))
+        sidecar = read_sidecar(path)
+        self.card = sidecar.card
+        self.max_batch = sidecar.max_batch
         self.device = torch.device("cuda", device)
         trt_logger = trt.Logger(trt.Logger.WARNING)
         load_plugin_libraries(trt, trt_logger)
@@ -57,9 +56,9 @@ class TensorRTPredictor(Predictor):
         self.stream = torch.cuda.Stream(device=self.device)
 
     def __call__(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """images (B, 3, H, W) at ``info.input_size`` -> logits (B, Q, C), boxes (B, Q, 4) on the CPU."""
-        if self.info.input_size is not None:
-            width, height = self.info.input_size
+        """images (B, 3, H, W) at ``card.input_size`` -> logits (B, Q, C), boxes (B, Q, 4) on the CPU."""
+        if self.card.input_size is not None:
+            width, height = self.card.input_size
             if tuple(images.shape[-2:]) != (height, width):
                 raise DataError(
                     f"{self.path}: built for {width}x{height} input, got {images.shape[-1]}x{images.shape[-2]}."
@@ -75,8 +74,8 @@ class TensorRTPredictor(Predictor):
         batch = int(images.shape[0])
         inputs = images.to(self.device, torch.float32).contiguous()
         self.context.set_input_shape("inputs", tuple(inputs.shape))
-        logits = torch.empty((batch, self.info.num_queries, self.info.num_classes), device=self.device)
-        boxes = torch.empty((batch, self.info.num_queries, 4), device=self.device)
+        logits = torch.empty((batch, self.card.num_queries, self.card.num_classes), device=self.device)
+        boxes = torch.empty((batch, self.card.num_queries, 4), device=self.device)
         for name, tensor in (("inputs", inputs), ("pred_logits", logits), ("pred_boxes", boxes)):
             self.context.set_tensor_address(name, int(tensor.data_ptr()))
         with torch.cuda.stream(self.stream):

@@ -22,6 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ddetr.errors import SpecError
 
 MISSING = "???"
+# ImageNet statistics: the default normalisation of every model (written here only)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def spec_field(
@@ -215,8 +218,8 @@ class AugmentationSection(Section):
         [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800],
         description="random shortest-side resize sizes",
     )
-    input_mean: list[float] = spec_field([0.485, 0.456, 0.406], description="per-channel RGB mean")
-    input_std: list[float] = spec_field([0.229, 0.224, 0.225], description="per-channel RGB std")
+    input_mean: list[float] = spec_field(list(IMAGENET_MEAN), description="per-channel RGB mean")
+    input_std: list[float] = spec_field(list(IMAGENET_STD), description="per-channel RGB std")
     train_random_resize: list[int] = spec_field([400, 500, 600], description="resize before the random crop")
     horizontal_flip_prob: float = spec_field(0.5, ge=0.0, le=1.0, automl=True)
     train_random_crop_min: int = spec_field(384, ge=1, automl=True, automl_range=(32, None))

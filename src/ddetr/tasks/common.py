@@ -7,14 +7,16 @@ import os
 import tempfile
 from pathlib import Path
 
+from ddetr.artefacts.card import card_for_spec
 from ddetr.errors import SpecError
-from ddetr.spec.load import dump_spec
+from ddetr.model.predict import Predictor
+from ddetr.spec.load import dump_spec, merge_model_from_checkpoint
 from ddetr.spec.sections import Spec, is_set
 from ddetr.status import StatusLogger
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["action_dir", "prepare_results_dir", "status_logger"]
+__all__ = ["action_dir", "model_path", "open_predictor", "prepare_results_dir", "status_logger"]
 
 
 def action_dir(spec: Spec, action: str) -> Path:
@@ -74,3 +76,39 @@ def prepare_results_dir(spec: Spec, action: str) -> Path:
 def status_logger(folder: str | Path) -> StatusLogger:
     """The action's ``status.json`` writer, in the folder :func:`prepare_results_dir` returned."""
     return StatusLogger(Path(folder) / "status.json")
+
+
+def model_path(spec: Spec, action: str) -> str:
+    """``checkpoint`` or ``trt_engine`` of the evaluate/inference section, whichever is given.
+
+    Raises:
+        SpecError: neither is given (empty or ``???``).
+    """
+    section = getattr(spec, action)
+    for name in ("checkpoint", "trt_engine"):
+        value = getattr(section, name, "") or ""
+        if is_set(value):
+            return value
+    raise SpecError(
+        f"{action}.checkpoint: required, not given. Set {action}.checkpoint=PATH (or {action}.trt_engine)."
+    )
+
+
+def open_predictor(spec: Spec, action: str) -> Predictor:
+    """The predictor of the action's model file, with the card it runs with.
+
+    The artefact's card decides the architecture, the preprocessing and ``num_select``; fields the spec sets
+    to other values win, each named in one warning line (:func:`ddetr.artefacts.card.card_for_spec`). A
+    checkpoint's architecture always wins, with one warning line naming each field where the spec's model
+    section differs.
+
+    Raises:
+        SpecError: no model file given. CheckpointError / UnavailableError: the file cannot be run here.
+    """
+    from ddetr.runtime import load_predictor
+
+    predictor = load_predictor(model_path(spec, action), encryption_key=spec.encryption_key)
+    if predictor.backend == "pytorch":
+        merge_model_from_checkpoint(spec.model, predictor.card.model.model_dump())  # warns on differences
+    predictor.card = card_for_spec(predictor.card, spec, action)
+    return predictor

@@ -50,7 +50,7 @@ def run(spec: Any) -> dict[str, Any]:
             verbose=section.verbose,
             encryption_key=spec.encryption_key,
         )
-        meta = result.metadata
+        card = result.card
         outputs = {"onnx_file": str(result.onnx_file)}
         if section.serialize_nvdsinfer:
             if spec.encryption_key:
@@ -61,13 +61,13 @@ def run(spec: Any) -> dict[str, Any]:
                 )
             labels, config = write_nvdsinfer(
                 result.onnx_file,
-                class_names=meta["class_names"],
-                num_classes=meta["num_classes"],
-                input_size=tuple(meta["input_size"]),
-                mean=meta["mean"],
-                std=meta["std"],
+                class_names=card.class_names,
+                num_classes=card.num_classes,
+                input_size=card.input_size,
+                mean=card.mean,
+                std=card.std,
                 batch_size=section.batch_size,
             )
             outputs.update(labels_file=str(labels), nvinfer_config=str(config))
         status.write(status="SUCCESS", message=f"Exported {result.onnx_file}.")
-        return {**outputs, "trt_plugin": meta["trt_plugin"], "input_size": meta["input_size"]}
+        return {**outputs, "trt_plugin": card.trt_plugin, "input_size": list(card.input_size or ())}

@@ -15,12 +15,12 @@ def plan(spec: Any) -> tuple[Any, dict[str, Any]]:
     """Check the section and the ONNX file and derive the builder settings (no TensorRT needed).
 
     Returns:
-        ``(TrtBuildSettings, onnx metadata)``.
+        ``(TrtBuildSettings, the ONNX file's model card)``.
 
     Raises:
         SpecError / CheckpointError / DataError: one line, before any work.
     """
-    from ddetr.deploy.onnx_export import read_metadata
+    from ddetr.artefacts.onnx_file import read_card
     from ddetr.deploy.tensorrt import build_settings, calibration_stream
     from ddetr.spec.sections import is_set, require
     from ddetr.tasks.common import action_dir
@@ -29,30 +29,31 @@ def plan(spec: Any) -> tuple[Any, dict[str, Any]]:
     onnx_file = Path(require(spec, "gen_trt_engine.onnx_file"))
     if not onnx_file.is_file():
         raise CheckpointError(f"gen_trt_engine.onnx_file: {onnx_file} does not exist (or is not a file).")
-    meta = read_metadata(onnx_file, spec.encryption_key)
-    if meta.get("quantization") and section.tensorrt.data_type != "INT8":
+    card = read_card(onnx_file, spec.encryption_key)
+    if card.quantization and section.tensorrt.data_type != "INT8":
         logger.warning("%s is QDQ-quantized: TensorRT builds it as INT8 whatever data_type says.", onnx_file)
     engine = section.trt_engine if is_set(section.trt_engine) else ""
     engine_file = Path(engine) if engine else action_dir(spec, "gen_trt_engine") / f"{onnx_file.stem}.engine"
-    settings = build_settings(section, str(onnx_file), str(engine_file), meta)
+    settings = build_settings(section, str(onnx_file), str(engine_file), card)
     if settings.calibration is not None and settings.calibration.image_dirs:
         cache = settings.calibration.cache_file
         if not (cache and Path(cache).is_file()):
-            calibration_stream(settings, meta)  # counts the images now: too few is an error before the build
-    return settings, meta
+            calibration_stream(settings, card)  # counts the images now: too few is an error before the build
+    return settings, card
 
 
 def run(spec: Any) -> dict[str, Any]:
     """Build the engine; writes it, its ``.json`` sidecar and status.json under ``<results_dir>/gen_trt_engine``."""
-    from ddetr.deploy.tensorrt import build_engine, require_tensorrt
+    from ddetr.deploy.tensorrt import build_engine
+    from ddetr.runtime.trt import require_tensorrt
     from ddetr.status import StatusLogger
     from ddetr.tasks.common import prepare_results_dir
 
-    settings, meta = plan(spec)
+    settings, card = plan(spec)
     out_dir = prepare_results_dir(spec, "gen_trt_engine")
     status = StatusLogger(out_dir / "status.json")
     with status.action(f"Building a {settings.data_type} engine from {settings.onnx_file}."):
         require_tensorrt()
-        engine = build_engine(settings, meta, encryption_key=spec.encryption_key)
+        engine = build_engine(settings, card, encryption_key=spec.encryption_key)
         status.write(status="SUCCESS", message=f"Engine written: {engine}.")
         return {"trt_engine": str(engine), "data_type": settings.data_type}

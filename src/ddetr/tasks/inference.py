@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from ddetr.errors import DataError, SpecError
+from ddetr.spec.sections import Spec
+from ddetr.tasks.results import InferenceResult
 
 logger = logging.getLogger(__name__)
 
@@ -57,35 +58,38 @@ def kitti_line(name: str, box: list[float], score: float) -> str:
     return f"{name} 0.00 0 0.00 {x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f} 0.00 0.00 0.00 0.00 0.00 0.00 0.00 {score:.4f}"
 
 
-def run(spec: Any) -> dict[str, Any]:
-    """Run inference; writes images_annotated/, labels/ and detections.json under ``<results_dir>/inference``."""
+def run(spec: Spec) -> InferenceResult:
+    """Run inference; writes images_annotated/, labels/ and detections.json under ``<results_dir>/inference``.
+
+    ``detections.json`` is a COCO results list with ``image_id`` the image's 0-based position in the sorted
+    listing and its ``file_name`` (path).
+
+    Raises:
+        SpecError: no model file or no images given. CheckpointError / DataError: unusable files.
+    """
     from rich.progress import Progress
 
     from ddetr.data.coco import load_image
-    from ddetr.data.collate import preprocess_images
     from ddetr.fileio import atomic_write_text
-    from ddetr.runtime import load_predictor
-    from ddetr.runtime.detect import class_name, detect, drop_unnamed, to_coco_results
-    from ddetr.status import StatusLogger
-    from ddetr.tasks.common import prepare_results_dir
-    from ddetr.tasks.evaluate import input_size_for, model_path
+    from ddetr.model.predict import detect
+    from ddetr.model.preprocess import preprocess_images
+    from ddetr.tasks.common import model_path, open_predictor, prepare_results_dir, status_logger
     from ddetr.viz.draw import class_color, draw_detections, parse_color
 
     section = spec.inference
-    path = model_path(section, "inference")
+    path = model_path(spec, "inference")
     out_dir = prepare_results_dir(spec, "inference")
-    status = StatusLogger(out_dir / "status.json")
+    status = status_logger(out_dir)
     with status.action(f"Inference with {path}."):
-        predictor = load_predictor(path, spec_model=spec.model, encryption_key=spec.encryption_key)
+        predictor = open_predictor(spec, "inference")
+        card = predictor.card
         source = spec.dataset.infer_data_sources
         dirs = source.image_dir if isinstance(source.image_dir, list) else [source.image_dir]
         if not any(dirs):
             raise SpecError("dataset.infer_data_sources.image_dir: required for inference, not given.")
         images = list_images(dirs)
-        names = resolve_class_names(source.classmap, predictor.info.class_names, predictor.info.num_classes)
+        names = resolve_class_names(source.classmap, list(card.class_names), card.num_classes)
         colors = {str(k): parse_color(v) for k, v in (section.color_map or {}).items()}
-        size = input_size_for(section, predictor)
-        aug = spec.dataset.augmentation
         batch_size = section.batch_size if section.batch_size > 0 else spec.dataset.batch_size
         annotated_dir, labels_dir = out_dir / "images_annotated", out_dir / "labels"
         annotated_dir.mkdir(exist_ok=True)
@@ -97,47 +101,39 @@ def run(spec: Any) -> dict[str, Any]:
             for start in range(0, len(images), batch_size):
                 paths = images[start : start + batch_size]
                 pil = []
-                for p in paths:
+                for image_id, p in enumerate(paths, start=start):
                     try:
-                        pil.append((p, load_image(p)))
+                        pil.append((image_id, p, load_image(p)))
                     except (OSError, SyntaxError, ValueError) as exc:
                         logger.warning("Skipping unreadable image %s: %s", p, exc)
                 if not pil:
                     progress.advance(task, len(paths))
                     continue
                 batch, mask, orig = preprocess_images(
-                    [im for _, im in pil],
-                    mean=predictor.info.mean,
-                    std=predictor.info.std,
-                    shortest_side=aug.test_random_resize,
-                    max_size=aug.random_resize_max_size,
-                    input_size=size,
+                    [im for _, _, im in pil],
+                    card.mean,
+                    card.std,
+                    card.shortest_side,
+                    card.max_size,
+                    input_size=card.input_size,
                 )
-                dets = detect(
-                    predictor,
-                    batch,
-                    mask,
-                    orig,
-                    num_select=spec.model.num_select,
-                    conf_threshold=section.conf_threshold,
+                found = detect(
+                    predictor, batch, mask, orig, conf_threshold=section.conf_threshold, class_names=names
                 )
-                for image_id, ((p, im), det) in enumerate(zip(pil, dets), start=start):
-                    det = drop_unnamed(det, names)
-                    labels = [class_name(names, int(lbl)) for lbl in det["labels"].tolist()]
-                    boxes, scores = det["boxes"].tolist(), det["scores"].tolist()
+                for (image_id, p, im), det in zip(pil, found):
+                    boxes, scores = det.boxes.tolist(), det.scores.tolist()
+                    labels = list(det.class_names)
                     cols = [
-                        colors.get(n, class_color(int(lbl))) for n, lbl in zip(labels, det["labels"].tolist())
+                        colors.get(n, class_color(int(lbl))) for n, lbl in zip(labels, det.labels.tolist())
                     ]
                     drawn = draw_detections(im, boxes, labels, scores, cols, section.outline_width)
                     drawn.save(annotated_dir / f"{p.stem}.jpg", quality=92)
                     rows = [kitti_line(n, b, s) for n, b, s in zip(labels, boxes, scores)]
                     (labels_dir / f"{p.stem}.txt").write_text("\n".join(rows) + ("\n" if rows else ""))
-                    for entry in to_coco_results(image_id, det):
-                        entry["file_name"] = str(p)
-                        results.append(entry)
+                    results.extend(det.to_coco(image_id, str(p)))
                     counted += len(rows)
                 progress.advance(task, len(paths))
-        atomic_write_text(out_dir / "detections.json", json.dumps(results))
+        detections_json = atomic_write_text(out_dir / "detections.json", json.dumps(results))
         logger.info(
             "Inference: %d images, %d detections >= %.2f. Pictures in %s",
             len(images),
@@ -148,10 +144,10 @@ def run(spec: Any) -> dict[str, Any]:
         status.write(
             status="SUCCESS", message=f"Inference finished: {len(images)} images, {counted} detections."
         )
-        return {
-            "images": len(images),
-            "detections": counted,
-            "images_annotated": str(annotated_dir),
-            "labels": str(labels_dir),
-            "detections_json": str(out_dir / "detections.json"),
-        }
+        return InferenceResult(
+            images=len(images),
+            detections=counted,
+            images_annotated=annotated_dir,
+            labels=labels_dir,
+            detections_json=detections_json,
+        )

@@ -12,7 +12,7 @@ logger = logging.getLogger(__name__)
 
 def _eval_pairs(spec: Any) -> list[tuple[str, str]]:
     """Validation data for the report: ``dataset.test_data_sources`` if set, else ``val_data_sources``."""
-    from ddetr.engine.datamodule import resolve_sources
+    from ddetr.data.sources import resolve_sources
 
     pairs = resolve_sources(spec.dataset.test_data_sources)
     return pairs or resolve_sources(spec.dataset.val_data_sources)
@@ -28,7 +28,7 @@ def weights_bytes(path: str | Path, encryption_key: str | None = None) -> int:
 
     import torch
 
-    from ddetr.checkpoint import load_checkpoint
+    from ddetr.artefacts.checkpoint import load_checkpoint
 
     file = Path(path)
     if file.suffix.lower() == ".onnx":
@@ -40,10 +40,11 @@ def weights_bytes(path: str | Path, encryption_key: str | None = None) -> int:
 
 def run(spec: Any) -> dict[str, Any]:
     """Quantize; writes the artefact, ``quantize_report.json`` and status.json under ``<results_dir>/quantize``."""
-    from ddetr.deploy.evaluation import evaluate_predictor
+    from ddetr.artefacts.card import card_for_spec
     from ddetr.deploy.quantize import plan_quantization, quantize
     from ddetr.fileio import atomic_write_text
     from ddetr.runtime import load_predictor
+    from ddetr.runtime.evaluation import evaluate_predictor
     from ddetr.status import StatusLogger
     from ddetr.tasks.common import action_dir, prepare_results_dir
 
@@ -82,20 +83,15 @@ def run(spec: Any) -> dict[str, Any]:
         report["size_ratio"] = report["size_bytes"]["after"] / max(report["size_bytes"]["before"], 1)
         pairs = _eval_pairs(spec)
         if pairs:
-            aug = spec.dataset.augmentation
-            kwargs = {
-                "num_select": spec.model.num_select,
-                "test_random_resize": aug.test_random_resize,
-                "max_size": aug.random_resize_max_size,
-                "batch_size": 1,
-            }
-            before = evaluate_predictor(
-                load_predictor(done["float_model"], encryption_key=key), pairs, **kwargs
-            )
-            after = evaluate_predictor(load_predictor(done["output"], encryption_key=key), pairs, **kwargs)
-            report["mAP"] = {"before": before["mAP"], "after": after["mAP"]}
-            report["mAP50"] = {"before": before["mAP50"], "after": after["mAP50"]}
-            report["eval_images"] = before["images"]
+            scores = []
+            for model_file in (done["float_model"], done["output"]):
+                predictor = load_predictor(model_file, encryption_key=key)
+                predictor.card = card_for_spec(predictor.card, spec)
+                scores.append(evaluate_predictor(predictor, pairs, batch_size=1))
+            before, after = scores
+            report["mAP"] = {"before": before.mAP, "after": after.mAP}
+            report["mAP50"] = {"before": before.mAP50, "after": after.mAP50}
+            report["eval_images"] = before.images
         else:
             logger.warning("No dataset.test_data_sources or val_data_sources: the report has no mAP.")
             report["mAP"] = report["mAP50"] = None

@@ -45,7 +45,7 @@ def load_pretrained(model: torch.nn.Module, path: str, encryption_key: str | Non
 
     ``encryption_key`` reads an encrypted checkpoint (plain ones ignore it).
     """
-    from ddetr.checkpoint import load_checkpoint
+    from ddetr.artefacts.checkpoint import load_checkpoint
 
     info = load_checkpoint(path, encryption_key=encryption_key)
     own = model.state_dict()
@@ -53,7 +53,7 @@ def load_pretrained(model: torch.nn.Module, path: str, encryption_key: str | Non
     if not matched:
         raise CheckpointError(
             f"train.pretrained_model_path: no tensor of {path} fits this model "
-            f"(checkpoint backbone {info.model.backbone}, spec backbone {model.model_config.backbone})."
+            f"(checkpoint backbone {info.card.model.backbone}, spec backbone {model.model_config.backbone})."
         )
     model.load_state_dict(matched, strict=False)
     skipped = len(info.state_dict) - len(matched)

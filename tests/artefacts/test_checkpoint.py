@@ -1,4 +1,4 @@
-"""Self-describing checkpoints: round trip, atomic writes, Lightning checkpoints, building the model."""
+"""Self-describing checkpoints: round trip of the card, atomic writes, Lightning checkpoints, building the model."""
 
 from __future__ import annotations
 
@@ -8,15 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddetr import checkpoint as ckpt
-from ddetr.checkpoint import (
-    CheckpointInfo,
-    build_model_from_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from ddetr.artefacts import checkpoint as ckpt
+from ddetr.artefacts.card import ModelCard
+from ddetr.artefacts.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from ddetr.errors import CheckpointError
-from ddetr.model.detector import DeformableDETR
+from ddetr.model.detector import DeformableDETR, build_model_from_checkpoint
 from ddetr.spec.sections import ModelSection
 
 NUM_CLASSES = 4
@@ -43,6 +39,13 @@ def tiny_section(**overrides: object) -> ModelSection:
     return ModelSection(**fields)
 
 
+def card(section: ModelSection | None = None, num_classes: int = NUM_CLASSES, names=CLASS_NAMES) -> ModelCard:
+    section = section or tiny_section()
+    return ModelCard(
+        model=section, num_classes=num_classes, class_names=tuple(names), num_select=section.num_select
+    )
+
+
 @pytest.fixture(scope="module")
 def tiny_model() -> DeformableDETR:
     torch.manual_seed(0)
@@ -53,52 +56,33 @@ def test_round_trip_keeps_everything(tmp_path):
     state = {"a.weight": torch.randn(3, 2), "b.bias": torch.arange(4.0)}
     section = tiny_section(dropout_ratio=0.05)
     spec = {"model": section.model_dump(mode="json"), "results_dir": "/tmp/x"}
+    written = card(section).evolve(mean=(0.5, 0.4, 0.3), shortest_side=640, quantization={"backend": "x"})
     path = save_checkpoint(
-        tmp_path / "sub" / "m.pth",
-        state_dict=state,
-        model=section,
-        num_classes=NUM_CLASSES,
-        class_names=CLASS_NAMES,
-        spec=spec,
-        extra={"epoch": 3},
+        tmp_path / "sub" / "m.pth", card=written, state_dict=state, spec=spec, extra={"epoch": 3}
     )
     assert path == tmp_path / "sub" / "m.pth"
     info = load_checkpoint(path)
-    assert isinstance(info, CheckpointInfo)
-    assert info.model == section and info.num_classes == NUM_CLASSES and info.class_names == CLASS_NAMES
+    assert isinstance(info, LoadedCheckpoint)
+    assert info.card == written and info.card.model == section and info.card.class_names == tuple(CLASS_NAMES)
     assert info.spec == spec and info.raw["epoch"] == 3 and info.path == path
-    assert info.raw["format"] == "ddetr" and info.raw["format_version"] == 1 and info.raw["ddetr_version"]
+    assert info.raw["format"] == "ddetr" and info.raw["format_version"] == 2 and info.raw["ddetr_version"]
     assert info.state_dict.keys() == state.keys()
     for key, tensor in state.items():
         assert torch.equal(info.state_dict[key], tensor)
     # written as plain data: readable with weights_only=True and no ddetr classes
     raw = torch.load(path, weights_only=True)
-    assert isinstance(raw["model"], dict) and raw["model"]["hidden_dim"] == 32
+    assert isinstance(raw["card"], dict) and raw["card"]["model"]["hidden_dim"] == 32
 
 
-def test_model_section_may_be_given_as_dict(tmp_path):
-    path = save_checkpoint(
-        tmp_path / "m.pth", state_dict={}, model={"hidden_dim": 64, "num_queries": 50}, num_classes=2
-    )
-    info = load_checkpoint(path)
-    assert (info.model.hidden_dim, info.model.num_queries, info.class_names) == (64, 50, None)
-
-
-def test_invalid_metadata_is_refused_before_writing(tmp_path):
-    with pytest.raises(CheckpointError, match=r"model\.hidden_dim"):
-        save_checkpoint(tmp_path / "m.pth", state_dict={}, model={"hidden_dim": 0}, num_classes=2)
-    with pytest.raises(CheckpointError, match="num_classes must be >= 1"):
-        save_checkpoint(tmp_path / "m.pth", state_dict={}, model=tiny_section(), num_classes=0)
+def test_reserved_entries_are_refused_before_writing(tmp_path):
     with pytest.raises(CheckpointError, match="reserved"):
-        save_checkpoint(
-            tmp_path / "m.pth", state_dict={}, model=tiny_section(), num_classes=2, extra={"model": 1}
-        )
+        save_checkpoint(tmp_path / "m.pth", card=card(), state_dict={}, extra={"card": 1})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_failure_mid_write_leaves_the_final_path_untouched(tmp_path, monkeypatch):
     final = tmp_path / "model.pth"
-    save_checkpoint(final, state_dict={"w": torch.ones(2)}, model=tiny_section(), num_classes=2)
+    save_checkpoint(final, card=card(), state_dict={"w": torch.ones(2)})
     before = final.read_bytes()
     real_save = torch.save
 
@@ -109,7 +93,7 @@ def test_failure_mid_write_leaves_the_final_path_untouched(tmp_path, monkeypatch
 
     monkeypatch.setattr(ckpt.torch, "save", crashing_save)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(final, state_dict={"w": torch.zeros(5)}, model=tiny_section(), num_classes=2)
+        save_checkpoint(final, card=card(), state_dict={"w": torch.zeros(5)})
     assert final.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pth"]  # no temporary file left behind
     monkeypatch.undo()
@@ -123,7 +107,7 @@ def test_failure_on_first_write_creates_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt.torch, "save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(tmp_path / "new.pth", state_dict={}, model=tiny_section(), num_classes=2)
+        save_checkpoint(tmp_path / "new.pth", card=card(), state_dict={})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -141,12 +125,7 @@ def lightning_checkpoint(path: Path, state: dict[str, torch.Tensor], section: Mo
         "callbacks": {"ModelCheckpoint": {"best_model_score": torch.tensor(0.5)}},
         "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-4, "params": [0]}]}],
         "lr_schedulers": [{"milestones": {40: 1}, "last_epoch": 2}],
-        "ddetr": {
-            "model": section.model_dump(mode="json"),
-            "num_classes": NUM_CLASSES,
-            "class_names": CLASS_NAMES,
-            "spec": {"dataset": {"num_classes": NUM_CLASSES}},
-        },
+        "ddetr": ckpt.lightning_entry(card(section), {"dataset": {"num_classes": NUM_CLASSES}}),
     }
     torch.save(payload, path)
     return path
@@ -158,23 +137,19 @@ def test_lightning_checkpoint_is_read(tmp_path, tiny_model):
     info = load_checkpoint(path)
     assert info.state_dict.keys() == state.keys()  # prefix stripped, criterion dropped
     assert all(torch.equal(info.state_dict[k], v) for k, v in state.items())
-    assert info.model == tiny_section() and info.class_names == CLASS_NAMES
+    assert info.card == card() and info.card.class_names == tuple(CLASS_NAMES)
     assert info.spec == {"dataset": {"num_classes": NUM_CLASSES}} and info.raw["global_step"] == 30
     model, _ = build_model_from_checkpoint(path)
-    assert not model.training
+    assert not model.training and model.card == card()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
 def test_build_model_from_checkpoint_uses_the_checkpoint_architecture(tmp_path, tiny_model):
-    path = save_checkpoint(
-        tmp_path / "m.pth",
-        state_dict=tiny_model.state_dict(),
-        model=tiny_section(),
-        num_classes=NUM_CLASSES,
-        class_names=CLASS_NAMES,
-    )
+    path = save_checkpoint(tmp_path / "m.pth", card=card(), state_dict=tiny_model.state_dict())
     model, info = build_model_from_checkpoint(path)
-    assert isinstance(model, DeformableDETR) and model.num_queries == 10 and info.num_classes == NUM_CLASSES
+    assert (
+        isinstance(model, DeformableDETR) and model.num_queries == 10 and info.card.num_classes == NUM_CLASSES
+    )
     images = torch.rand(1, 3, 64, 64)
     tiny_model.eval()
     with torch.no_grad():
@@ -187,9 +162,8 @@ def test_build_model_from_checkpoint_uses_the_checkpoint_architecture(tmp_path, 
 def test_weights_of_another_architecture_name_the_mismatch(tmp_path, tiny_model):
     path = save_checkpoint(
         tmp_path / "m.pth",
+        card=card(tiny_section(num_queries=12, with_box_refine=False)),
         state_dict=tiny_model.state_dict(),
-        model=tiny_section(num_queries=12, with_box_refine=False),
-        num_classes=NUM_CLASSES,
     )
     with pytest.raises(CheckpointError) as err:
         build_model_from_checkpoint(path)
@@ -211,6 +185,20 @@ def test_weights_of_another_architecture_name_the_mismatch(tmp_path, tiny_model)
         ),
         ({"format": "ddetr", "format_version": 99}, "format_version 99 is newer"),
         ({"format": "ddetr", "format_version": 1, "model": {}, "state_dict": {}}, "no 'num_classes'"),
+        ({"format": "ddetr", "format_version": 2, "card": [1], "state_dict": {}}, "'card' entry that is not"),
+        ({"format": "ddetr", "format_version": 2, "card": {"card_version": 9}}, "card version 9 is newer"),
+        (
+            {
+                "format": "ddetr",
+                "format_version": 2,
+                "card": {"card_version": 2, "num_classes": 2, "model": {"hidden_dim": 0}},
+            },
+            r"model\.hidden_dim",
+        ),
+        (
+            {"format": "ddetr", "format_version": 1, "model": {}, "num_classes": 2, "class_names": ["a"] * 3},
+            "3 class names for num_classes=2",
+        ),
     ],
 )
 def test_not_a_ddetr_checkpoint_is_one_line_error(tmp_path, content, expected):
@@ -246,14 +234,7 @@ def test_encrypted_checkpoint_round_trip_and_key_errors(tmp_path, tiny_model):
     import pickle
 
     state = tiny_model.state_dict()
-    path = save_checkpoint(
-        tmp_path / "enc.pth",
-        state_dict=state,
-        model=tiny_section(),
-        num_classes=NUM_CLASSES,
-        class_names=CLASS_NAMES,
-        encryption_key="s3cret",
-    )
+    path = save_checkpoint(tmp_path / "enc.pth", card=card(), state_dict=state, encryption_key="s3cret")
     data = path.read_bytes()
     assert data.startswith(b"DDETRENC")
     with pytest.raises(
@@ -262,7 +243,7 @@ def test_encrypted_checkpoint_round_trip_and_key_errors(tmp_path, tiny_model):
         torch.load(io.BytesIO(data), weights_only=True)
 
     model, info = build_model_from_checkpoint(path, encryption_key="s3cret")
-    assert info.class_names == CLASS_NAMES
+    assert info.card.class_names == tuple(CLASS_NAMES) and info.card.encrypted
     for key, value in state.items():
         torch.testing.assert_close(model.state_dict()[key], value, atol=0, rtol=0)
 
@@ -276,7 +257,9 @@ def test_encrypted_checkpoint_round_trip_and_key_errors(tmp_path, tiny_model):
 
 def test_plain_checkpoint_loads_with_a_key(tmp_path):
     state = {"a.weight": torch.randn(3, 2)}
-    path = save_checkpoint(tmp_path / "plain.pth", state_dict=state, model=tiny_section(), num_classes=2)
-    assert torch.load(path, weights_only=True)["num_classes"] == 2  # plain when no key is given
+    path = save_checkpoint(tmp_path / "plain.pth", card=card(), state_dict=state)
+    assert (
+        torch.load(path, weights_only=True)["card"]["num_classes"] == NUM_CLASSES
+    )  # plain when no key is given
     info = load_checkpoint(path, encryption_key="any key")
     torch.testing.assert_close(info.state_dict["a.weight"], state["a.weight"])

@@ -1,14 +1,14 @@
-"""Self-describing checkpoints: weights plus the architecture and class names they belong to.
+"""Self-describing checkpoints: weights plus the model card they belong to.
 
 A ddetr checkpoint is one ``torch.save`` dict::
 
-    {"format": "ddetr", "format_version": 1, "ddetr_version": "0.1.0",
-     "model": {...model section...}, "num_classes": 91, "class_names": [...] | None,
-     "spec": {...resolved spec...} | None, "state_dict": {...}, **extra}
+    {"format": "ddetr", "format_version": 2, "ddetr_version": "0.1.0",
+     "card": {...ModelCard.to_dict()...}, "spec": {...resolved spec...} | None, "state_dict": {...}, **extra}
 
-Downstream actions build the model from the checkpoint alone (:func:`build_model_from_checkpoint`),
-never from defaults. Lightning checkpoints written by our trainer are read too: their ``state_dict``
-keys carry a ``model.`` prefix and our metadata sits under ``checkpoint["ddetr"]``.
+Downstream actions build the model from the card alone, never from defaults. Lightning checkpoints written
+by our trainer are read too: their ``state_dict`` keys carry a ``model.`` prefix and the card sits under
+``checkpoint["ddetr"]`` (:func:`lightning_entry`). Files written by earlier versions (format 1: ``model``,
+``num_classes``, ``class_names`` at the top) still load: their card is made from those entries.
 
 Everything is read with ``torch.load(weights_only=True)`` and written atomically (temporary file in
 the same folder, then ``os.replace``), so a crash never leaves a truncated file under the final name.
@@ -24,47 +24,40 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from pydantic import ValidationError
 
-from ddetr import __version__
+from ddetr._version import __version__
+from ddetr.artefacts.card import ModelCard, legacy_checkpoint_card
 from ddetr.crypto import is_encrypted, read_bytes, write_bytes_atomic
 from ddetr.errors import CheckpointError
 from ddetr.fileio import atomic_open
-from ddetr.spec.sections import ModelSection
-
-if TYPE_CHECKING:
-    from ddetr.model.detector import DeformableDETR
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "ddetr"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LIGHTNING_KEY = "ddetr"
 LIGHTNING_MODEL_PREFIX = "model."
 LIGHTNING_IGNORED_PREFIXES = ("criterion.",)
 _MAX_LISTED = 8
 
 
 @dataclass
-class CheckpointInfo:
-    """What a checkpoint holds, with the state dict keyed as the model's own.
+class LoadedCheckpoint:
+    """A checkpoint read back: its card, its weights keyed as the model's own, and the rest of the file.
 
     Attributes:
+        card: the model card (architecture, classes, preprocessing, quantization).
         state_dict: tensors keyed as ``DeformableDETR.state_dict()`` keys them.
-        model: the model section the weights were made with (the architecture).
-        num_classes: width of the classification head (largest category id + 1).
-        class_names: ``class_names[i]`` names logit ``i``; ``None`` when unknown.
         spec: the resolved experiment spec the checkpoint was written with, when known.
-        raw: the whole loaded dict (optimizer state, epoch, ... for Lightning checkpoints).
+        raw: the whole loaded dict (optimizer state, epoch, ``modelopt_state``, ... when present).
         path: the file that was read.
     """
 
+    card: ModelCard
     state_dict: dict[str, torch.Tensor]
-    model: ModelSection
-    num_classes: int
-    class_names: list[str] | None = None
     spec: dict[str, Any] | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     path: Path | None = None
@@ -103,28 +96,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str], encryption_key: st
     return final
 
 
-def _model_dict(model: ModelSection | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(model, ModelSection):
-        return model.model_dump(mode="json")
-    try:
-        return ModelSection.model_validate(dict(model)).model_dump(mode="json")
-    except ValidationError as err:
-        raise CheckpointError(f"model section is not valid: {_first_validation_error(err)}") from None
-
-
-def _first_validation_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()))
-    return f"model.{loc}: {first.get('msg', 'invalid')} (got {first.get('input')!r})"
-
-
 def save_checkpoint(
     path: str | os.PathLike[str],
     *,
+    card: ModelCard,
     state_dict: Mapping[str, torch.Tensor],
-    model: ModelSection | Mapping[str, Any],
-    num_classes: int,
-    class_names: list[str] | None = None,
     spec: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     encryption_key: str | None = None,
@@ -133,34 +109,23 @@ def save_checkpoint(
 
     Args:
         path: output file (``.pth``).
+        card: the model card (architecture, classes, preprocessing, quantization) of the weights.
         state_dict: the model's weights, keyed as ``DeformableDETR.state_dict()``.
-        model: the model section (architecture) the weights belong to.
-        num_classes: classification head width.
-        class_names: name of each logit index, if known.
-        spec: the resolved experiment spec (plain dict), if any.
-        extra: more top-level entries (e.g. ``{"source": "hf"}``); must not reuse reserved names.
+        spec: the resolved experiment spec (plain dict, key blanked), if any.
+        extra: more top-level entries (e.g. ``{"modelopt_state": ...}``); must not reuse reserved names.
         encryption_key: when non-empty, the file is written encrypted with it.
 
     Returns:
         The path written.
 
     Raises:
-        CheckpointError: invalid model section, ``num_classes`` < 1, or ``extra`` reusing a reserved key.
+        CheckpointError: ``extra`` reusing a reserved key.
     """
-    if int(num_classes) < 1:
-        raise CheckpointError(f"{path}: num_classes must be >= 1, got {num_classes}")
-    if class_names is not None and len(class_names) > num_classes:
-        raise CheckpointError(
-            f"{path}: {len(class_names)} class names given for num_classes={num_classes}; "
-            "class_names[i] must name logit i"
-        )
     payload: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "ddetr_version": __version__,
-        "model": _model_dict(model),
-        "num_classes": int(num_classes),
-        "class_names": list(class_names) if class_names is not None else None,
+        "card": card.to_dict(),
         "spec": spec,
         "state_dict": dict(state_dict),
     }
@@ -171,6 +136,12 @@ def save_checkpoint(
     written = atomic_torch_save(payload, path, encryption_key)
     logger.debug("wrote checkpoint %s (%d tensors)", written, len(payload["state_dict"]))
     return written
+
+
+def lightning_entry(card: ModelCard, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """What the trainer stores under ``checkpoint["ddetr"]`` of a Lightning checkpoint (read back by
+    :func:`load_checkpoint`)."""
+    return {"card": card.to_dict(), "spec": spec}
 
 
 def _torch_load(path: Path, map_location: str | torch.device, encryption_key: str | None = None) -> Any:
@@ -185,24 +156,13 @@ def _torch_load(path: Path, map_location: str | torch.device, encryption_key: st
         ) from None
 
 
-def _metadata_from(
-    path: Path, meta: Mapping[str, Any], what: str
-) -> tuple[ModelSection, int, list | None, Any]:
-    for key in ("model", "num_classes"):
-        if key not in meta:
-            raise CheckpointError(f"{path}: {what} has no '{key}' entry; found keys {sorted(meta)}")
-    try:
-        model = ModelSection.model_validate(dict(meta["model"]))
-    except (ValidationError, TypeError, ValueError) as err:
-        detail = _first_validation_error(err) if isinstance(err, ValidationError) else str(err)
-        raise CheckpointError(f"{path}: {what} holds an invalid model section: {detail}") from None
-    num_classes = meta["num_classes"]
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise CheckpointError(f"{path}: {what} num_classes must be an integer >= 1, got {num_classes!r}")
-    class_names = meta.get("class_names")
-    if class_names is not None:
-        class_names = [str(n) for n in class_names]
-    return model, num_classes, class_names, meta.get("spec")
+def _card_from(path: Path, meta: Mapping[str, Any], quantization: Any, what: str) -> ModelCard:
+    where = f"{path}: {what}"
+    if "card" in meta:
+        if not isinstance(meta["card"], Mapping):
+            raise CheckpointError(f"{where} has a 'card' entry that is not a mapping")
+        return ModelCard.from_dict(meta["card"], where)
+    return legacy_checkpoint_card(meta, quantization, where)  # format 1: model, num_classes, class_names
 
 
 def _lightning_state_dict(path: Path, state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -227,7 +187,7 @@ def load_checkpoint(
     path: str | os.PathLike[str],
     map_location: str | torch.device = "cpu",
     encryption_key: str | None = None,
-) -> CheckpointInfo:
+) -> LoadedCheckpoint:
     """Read a ddetr checkpoint, or a Lightning checkpoint written by the ddetr trainer.
 
     Args:
@@ -236,7 +196,7 @@ def load_checkpoint(
         encryption_key: the key an encrypted checkpoint was written with (plain files ignore it).
 
     Returns:
-        A :class:`CheckpointInfo` whose ``state_dict`` is keyed as the model's (no ``model.`` prefix).
+        A :class:`LoadedCheckpoint` whose ``state_dict`` is keyed as the model's (no ``model.`` prefix).
 
     Raises:
         CheckpointError: missing file, not a PyTorch file, unsafe pickle content, no ddetr metadata, or an
@@ -259,14 +219,14 @@ def load_checkpoint(
                 f"{file}: checkpoint format_version {version!r} is newer than this ddetr reads "
                 f"({FORMAT_VERSION}); upgrade ddetr"
             )
-        model, num_classes, class_names, spec = _metadata_from(file, raw, "checkpoint")
+        card = _card_from(file, raw, raw.get("quantization"), "checkpoint")
+        spec = raw.get("spec")
         state_dict = raw.get("state_dict")
         if not isinstance(state_dict, dict):
             raise CheckpointError(f"{file}: ddetr checkpoint has no 'state_dict' dict")
-    elif isinstance(raw.get("ddetr"), Mapping) and isinstance(raw.get("state_dict"), Mapping):
-        model, num_classes, class_names, spec = _metadata_from(
-            file, raw["ddetr"], "Lightning checkpoint 'ddetr'"
-        )
+    elif isinstance(raw.get(LIGHTNING_KEY), Mapping) and isinstance(raw.get("state_dict"), Mapping):
+        card = _card_from(file, raw[LIGHTNING_KEY], None, f"Lightning checkpoint '{LIGHTNING_KEY}'")
+        spec = raw[LIGHTNING_KEY].get("spec")
         state_dict = _lightning_state_dict(file, raw["state_dict"])
     else:
         found = short_list(sorted(str(k) for k in raw))
@@ -278,12 +238,11 @@ def load_checkpoint(
     bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{file}: state_dict entries that are not tensors: {short_list(bad)}")
-    return CheckpointInfo(
+    card = card.evolve(encrypted=is_encrypted(file))
+    return LoadedCheckpoint(
+        card=card,
         state_dict=dict(state_dict),
-        model=model,
-        num_classes=num_classes,
-        class_names=class_names,
-        spec=spec,
+        spec=spec if isinstance(spec, dict) else None,
         raw=raw,
         path=file,
     )
@@ -332,39 +291,3 @@ def load_into_model(model: torch.nn.Module, state_dict: Mapping[str, torch.Tenso
     if problems:
         raise CheckpointError(f"{source}: weights do not fit the architecture: {problems}")
     model.load_state_dict(state_dict, strict=True)
-
-
-def build_model_from_checkpoint(
-    path: str | os.PathLike[str],
-    map_location: str | torch.device = "cpu",
-    encryption_key: str | None = None,
-) -> tuple[DeformableDETR, CheckpointInfo]:
-    """Build the model a checkpoint describes and load its weights strictly.
-
-    Args:
-        path: a ddetr or ddetr-Lightning checkpoint.
-        map_location: device for the tensors (the model is built on CPU, then holds these tensors).
-        encryption_key: the key an encrypted checkpoint was written with (plain files ignore it).
-
-    Returns:
-        ``(model, info)`` with the model in eval mode.
-
-    Raises:
-        CheckpointError: unreadable checkpoint, or weights that do not fit the recorded architecture
-            (names the first missing/unexpected keys and shape differences).
-        UnavailableError: a quantized checkpoint whose back end's package (torchao, nvidia-modelopt) is missing.
-    """
-    from ddetr.model.detector import DeformableDETR
-
-    info = load_checkpoint(path, map_location=map_location, encryption_key=encryption_key)
-    # the checkpoint holds the whole model: never re-read the backbone-only file it was initialised from
-    # and run batch norm frozen (folded into the convolutions): in eval mode it equals a live one
-    architecture = info.model.model_copy(update={"pretrained_backbone_path": "", "freeze_backbone_bn": True})
-    model = DeformableDETR.from_config(architecture, info.num_classes)
-    if info.raw.get("quantization"):  # torchao / ModelOpt: give the float model the quantized layout first
-        from ddetr.deploy.quantize import prepare_quantized_model
-
-        model = prepare_quantized_model(model, info)
-    load_into_model(model, info.state_dict, str(info.path))
-    model.eval()
-    return model, info
