@@ -12,13 +12,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from asset_paths import BCCD
 from ddetr.checkpoint import build_model_from_checkpoint
 from ddetr.data.collate import preprocess_images
 from ddetr.deploy.onnx_export import export_onnx, read_metadata
 from ddetr.deploy.trt_plugin import PLUGIN_INPUTS, PLUGIN_OP, with_plugin_attention
 from ddetr.errors import CheckpointError, SpecError
-
-BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 
 
 def bccd_val_images(count: int) -> list[Path]:
