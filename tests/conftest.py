@@ -3,41 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-
-def _find_shared() -> Path:
-    """The workplace's ``shared/`` folder (real datasets, reference files), beside the repository.
-
-    Looked for in ``DDETR_SHARED``, then beside this checkout or any folder above it, then beside the repository
-    it was cloned from (a clone into a temporary folder, as CI makes, still finds the data).
-    """
-    if os.environ.get("DDETR_SHARED"):
-        return Path(os.environ["DDETR_SHARED"])
-    root = Path(__file__).resolve().parents[1]
-    starts = [root]
-    origin = subprocess.run(
-        ["git", "-C", str(root), "config", "--get", "remote.origin.url"], capture_output=True, text=True
-    ).stdout.strip()
-    if origin and Path(origin).is_dir():
-        starts.append(Path(origin).resolve())
-    for start in starts:
-        for folder in (start, *start.parents):
-            if (folder / "shared" / "datasets").is_dir():
-                return folder / "shared"
-    raise RuntimeError(
-        "tests: the shared/ folder with the real datasets was not found beside this checkout or its origin; "
-        "set DDETR_SHARED=/path/to/shared"
-    )
-
-
-# one lookup for every test module: they read DDETR_SHARED
-os.environ["DDETR_SHARED"] = str(_find_shared())
 
 
 def _tiny_overrides(data: dict, results_dir: Path) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from asset_paths import BCCD
 from ddetr.data.coco import CocoDetection, check_min_size
 from ddetr.errors import DataError
 from ddetr.model.preprocess import load_image
-
-BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 
 
 def _rgb(w: int = 40, h: int = 30, colour: tuple[int, int, int] = (200, 30, 30)) -> Image.Image:

@@ -7,13 +7,13 @@ files here, converted back with ``ddetr convert``, and compared box by box with 
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from asset_paths import BCCD
 from ddetr.cli import main
 from ddetr.data.formats import (
     convert_labels,
@@ -23,9 +23,6 @@ from ddetr.data.formats import (
     yolo_to_coco,
 )
 from ddetr.errors import DataError
-
-BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
-
 
 # ----------------------------------------------------------------------------- writers (test side)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from ddetr.model.detector import DeformableDETR
 from ddetr.spec.load import load_spec
 from ddetr.spec.sections import ModelSection, Spec
 
-BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 CLASS_NAMES = ["", "circle", "square", "triangle"]
 
 

@@ -12,14 +12,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from asset_paths import BCCD
 from ddetr.artefacts.onnx_file import read_card
 from ddetr.deploy.onnx_export import export_onnx
 from ddetr.deploy.trt_plugin import PLUGIN_INPUTS, PLUGIN_OP, with_plugin_attention
 from ddetr.errors import CheckpointError, SpecError
 from ddetr.model.detector import build_model_from_checkpoint
 from ddetr.model.preprocess import preprocess_images
-
-BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 
 
 def bccd_val_images(count: int) -> list[Path]:

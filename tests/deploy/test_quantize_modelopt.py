@@ -4,7 +4,6 @@ export to Q/DQ ONNX) and the modelopt.onnx file, each calibrated on real images,
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from asset_paths import BCCD
 from ddetr.data.calibration import calibration_batches
 from ddetr.deploy.quantize_layers import module_path, onnx_nodes_to_exclude, parse_layers, select_layers
 from ddetr.deploy.quantize_onnx import DEFAULT_KEEP_FLOAT
@@ -22,8 +22,6 @@ from ddetr.model.quantized import bake_batch_norms
 from ddetr.spec.load import load_spec
 from ddetr.spec.sections import ModelSection
 from ddetr.tasks import evaluate, inference, quantize
-
-BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 
 
 def _bccd_images(count: int) -> list[Path]:

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
+from asset_paths import COCO_EVAL_REF
 from ddetr.eval.coco import STAT_NAMES, CocoEvaluator, evaluate_detections
 from ddetr.model.boxes import box_xywh_to_xyxy
 
-REF = Path(os.environ["DDETR_SHARED"]) / "datasets" / "coco_eval_ref"
-GT = REF / "instances_val2014_100.json"
-DETS = REF / "instances_val2014_fakebbox100_results.json"
+GT = COCO_EVAL_REF / "instances_val2014_100.json"
+DETS = COCO_EVAL_REF / "instances_val2014_fakebbox100_results.json"
 
 
 def _expected() -> list[float]:
-    return json.loads((REF / "expected_bbox_stats.json").read_text())["stats"]
+    return json.loads((COCO_EVAL_REF / "expected_bbox_stats.json").read_text())["stats"]
 
 
 def test_reference_stats_from_files(capsys: pytest.CaptureFixture) -> None:

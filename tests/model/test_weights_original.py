@@ -1,17 +1,17 @@
-"""Import of the original Deformable DETR release checkpoints (layouts from shared/docs/reference)."""
+"""Import of the original Deformable DETR release checkpoints (layouts in tests/assets/original_layouts)."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import logging
-import os
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
+from asset_paths import ORIGINAL_LAYOUTS
 from ddetr.artefacts.checkpoint import load_checkpoint
 from ddetr.errors import CheckpointError
 from ddetr.model.detector import DeformableDETR
@@ -22,8 +22,6 @@ from ddetr.model.weights import (
     original_layout,
 )
 from ddetr.spec.sections import ModelSection
-
-REFERENCE = Path(os.environ["DDETR_SHARED"]) / "docs" / "reference"
 
 # variant -> the original code's command-line flags
 VARIANTS = {
@@ -103,7 +101,7 @@ def original_args(**overrides: object) -> argparse.Namespace:
 
 
 def read_table(variant: str) -> dict[str, tuple[int, ...]]:
-    with open(REFERENCE / f"original_{variant}_keys.tsv", newline="") as handle:
+    with open(ORIGINAL_LAYOUTS / f"original_{variant}_keys.tsv", newline="") as handle:
         rows = csv.DictReader(handle, delimiter="\t")
         return {row["key"]: tuple(int(n) for n in re.findall(r"\d+", row["shape"])) for row in rows}
 

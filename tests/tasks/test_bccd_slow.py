@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from asset_paths import BCCD
 from ddetr.cli import main
 from ddetr.status import read_status
-
-BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 
 
 @pytest.mark.slow

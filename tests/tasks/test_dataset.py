@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,10 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from asset_paths import BCCD
 from ddetr.cli import main
 from ddetr.status import read_status
 
-BCCD = Path(os.environ["DDETR_SHARED"]) / "datasets" / "bccd"
 DDETR = Path(sys.executable).parent / "ddetr"
 
 

@@ -1,7 +1,7 @@
 """Weight import from the original Deformable DETR release and from Hugging Face, into ddetr checkpoints.
 
 Our state-dict keys are the original release's keys, except ``backbone.0.body.`` -> ``backbone.body.``.
-The original layout (per variant) is documented in ``shared/docs/reference``; :func:`original_layout`
+The original layout (per variant) is listed in ``tests/assets/original_layouts``; :func:`original_layout`
 computes it from a model section so that an imported file is checked key by key and shape by shape:
 nothing is dropped or invented silently.
 
