@@ -17,11 +17,11 @@ from ddetr.errors import CheckpointError
 from ddetr.model.detector import DeformableDETR
 from ddetr.model.weights import (
     import_original,
-    import_weights,
     interm_indices_for_levels,
     original_layout,
 )
 from ddetr.spec.sections import ModelSection
+from ddetr.tasks.import_weights import run as import_weights
 
 REFERENCE = Path(os.environ["DDETR_SHARED"]) / "docs" / "reference"
 
@@ -244,7 +244,12 @@ def test_imported_weights_load_strictly_into_the_model(release):
 
 def test_import_weights_writes_a_self_describing_checkpoint(tmp_path):
     path, sd, _ = small_release(tmp_path, with_box_refine=True, two_stage=True, num_queries=20)
-    out = import_weights("original", path, tmp_path / "out" / "imported.pth")
+    result = import_weights("original", path, tmp_path / "out" / "imported.pth")
+    out = result.output
+    assert (
+        out == tmp_path / "out" / "imported.pth" and result.num_classes == 5 and result.source == "original"
+    )
+    assert result.tensors == len(load_checkpoint(out).state_dict) and result.parameters > 0
     info = load_checkpoint(out)
     assert info.num_classes == 5
     assert info.model.two_stage and info.model.with_box_refine and info.model.num_queries == 20

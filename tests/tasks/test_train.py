@@ -31,7 +31,7 @@ def test_train_writes_tao_checkpoints_status_and_resumes(tiny_spec_args: list[st
     latest = train_dir / "dd_model_latest.pth"
     assert latest.is_symlink() and latest.resolve().name == "model_epoch_001_step_00008.pth"
     assert (train_dir / "experiment.yaml").is_file()
-    assert Path(result["checkpoint"]) == latest.resolve()
+    assert result.latest == latest.resolve()
 
     # self-describing checkpoint: architecture, classes and spec
     info = load_checkpoint(latest)

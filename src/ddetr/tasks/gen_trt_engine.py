@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from ddetr.errors import CheckpointError
+from ddetr.spec.sections import Spec
+from ddetr.tasks.results import GenTrtEngineResult
 
 logger = logging.getLogger(__name__)
 
 
-def plan(spec: Any) -> tuple[Any, dict[str, Any]]:
+def plan(spec: Spec) -> tuple[Any, dict[str, Any]]:
     """Check the section and the ONNX file and derive the builder settings (no TensorRT needed).
 
     Returns:
@@ -42,8 +44,13 @@ def plan(spec: Any) -> tuple[Any, dict[str, Any]]:
     return settings, meta
 
 
-def run(spec: Any) -> dict[str, Any]:
-    """Build the engine; writes it, its ``.json`` sidecar and status.json under ``<results_dir>/gen_trt_engine``."""
+def run(spec: Spec) -> GenTrtEngineResult:
+    """Build the engine; writes it, its ``.json`` sidecar and status.json under ``<results_dir>/gen_trt_engine``.
+
+    Raises:
+        SpecError / CheckpointError / DataError: one line, before any work.
+        UnavailableError: TensorRT or a GPU is missing.
+    """
     from ddetr.deploy.tensorrt import build_engine, require_tensorrt
     from ddetr.status import StatusLogger
     from ddetr.tasks.common import prepare_results_dir
@@ -55,4 +62,4 @@ def run(spec: Any) -> dict[str, Any]:
         require_tensorrt()
         engine = build_engine(settings, meta, encryption_key=spec.encryption_key)
         status.write(status="SUCCESS", message=f"Engine written: {engine}.")
-        return {"trt_engine": str(engine), "data_type": settings.data_type}
+        return GenTrtEngineResult(trt_engine=Path(engine), data_type=settings.data_type)
