@@ -57,7 +57,7 @@ def prepare(workdir: Path) -> tuple[Path, Path]:
     import transformers
     from safetensors.torch import save_file
 
-    from ddetr.model.weights import import_weights
+    from ddetr import import_weights
 
     torch.manual_seed(0)
     model = transformers.DeformableDetrForObjectDetection(hf_config()).eval()
@@ -68,7 +68,7 @@ def prepare(workdir: Path) -> tuple[Path, Path]:
         {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
         str(folder / "model.safetensors"),
     )
-    checkpoint = import_weights("hf", folder, workdir / "ddetr.pth")
+    checkpoint = import_weights("hf", folder, workdir / "ddetr.pth").output
     return folder, checkpoint
 
 

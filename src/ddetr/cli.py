@@ -1,38 +1,26 @@
-"""The ``ddetr`` command line: argument parsing only.
+"""The ``ddetr`` command line: a thin layer over the Python API (:mod:`ddetr.api`).
 
-``ddetr <action> -e spec.yaml key=value ...`` loads and validates the spec, then calls
-``ddetr.tasks.<action>.run(spec)``. User errors (:class:`~ddetr.errors.DdetrError`) print one line,
-``error: <message>``, and exit with code 2; Ctrl-C exits with 130.
+``ddetr <action> -e spec.yaml key=value ...`` parses the arguments, calls the API (which loads and validates
+the spec and runs ``ddetr.tasks.<action>``) and logs the result's summary in one line. User errors
+(:class:`~ddetr.errors.DdetrError`) print one line, ``error: <message>``, and exit with code 2; an interrupted
+run exits with 130 (Ctrl-C) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import os
 import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from ddetr._version import __version__
-from ddetr.crypto import KEY_ENV
+from ddetr.api import SPEC_ACTIONS
 from ddetr.errors import DdetrError, Interrupted, SpecError
 
 logger = logging.getLogger(__name__)
 
-SPEC_ACTIONS: tuple[str, ...] = (
-    "train",
-    "evaluate",
-    "inference",
-    "export",
-    "quantize",
-    "gen_trt_engine",
-    "default_specs",
-    "automl",
-    "dataset",
-)
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -73,6 +61,83 @@ def _add_spec_args(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "Any number of dotted key=value overrides may follow, e.g. train.num_epochs=20."
 
 
+CONVERT_DESCRIPTION = """\
+Convert detection labels to one COCO json that a spec's json_file can name. Categories get ids 1..N in the
+order of --classes (id 0 unused), so the spec needs dataset.num_classes: N + 1 (printed at the end).
+Every image under --images becomes a COCO image (file_name relative to --images: use that folder as the
+spec's image_dir); images without a label file are kept without boxes.
+
+formats:
+  voc    one .xml per image (anywhere under --labels); <filename> names the image; <bndbox> holds 1-based
+         inclusive pixels, so x = xmin - 1, w = xmax - xmin + 1; class names compared exactly;
+         difficult objects kept (marked "difficult": 1) unless --drop-difficult
+  kitti  --labels/<image stem>.txt, 15 fields a line (type truncated occluded alpha x1 y1 x2 y2 h w l x y z
+         rotation_y; a 16th score allowed), x1..y2 in pixels; DontCare skipped; class names compared
+         case-insensitively (categories named as in --classes, else in lower case)
+  yolo   --labels/<image stem>.txt, 'class cx cy w h' normalised to [0, 1]; class k becomes category k + 1;
+         names from --classes (a text file or a data.yaml with names), else --labels/classes.txt, else class_<k>
+
+A box crossing the image border is clipped (counted when by more than --tolerance pixels). A malformed
+line, an unknown class, a box outside its image, a label file without an image or an unreadable image
+stops the conversion with one line naming the file and line; nothing is written then.
+
+example:
+  ddetr convert voc --images VOC/JPEGImages --labels VOC/Annotations --classes classes.txt -o train.json
+"""
+
+
+def _add_convert_args(parser: argparse.ArgumentParser) -> None:
+    """The ``convert`` sub-command's arguments."""
+    from ddetr.data.formats import DEFAULT_TOLERANCE, FORMATS
+
+    parser.description = CONVERT_DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("format", choices=FORMATS, help="layout of the labels (see formats above)")
+    parser.add_argument(
+        "--images", required=True, metavar="DIR", help="folder of the images (sub-folders included)"
+    )
+    parser.add_argument(
+        "--labels", required=True, metavar="DIR", help="folder of the label files (.xml or .txt)"
+    )
+    parser.add_argument(
+        "--classes",
+        metavar="FILE",
+        default=None,
+        help="class names, one per line: line 1 is category id 1 (YOLO class 0); YOLO also takes a "
+        "data.yaml with 'names'. Default: the sorted names found in the labels (YOLO: see above)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT.json",
+        help="the COCO json to write (replaced if it exists)",
+    )
+    parser.add_argument(
+        "--classmap",
+        metavar="FILE",
+        default=None,
+        help="also write the class names, one per line, for dataset.infer_data_sources.classmap",
+    )
+    parser.add_argument(
+        "--drop-difficult", action="store_true", help="voc: leave out objects marked <difficult>1</difficult>"
+    )
+    parser.add_argument(
+        "--skip-unlisted",
+        action="store_true",
+        help="voc/kitti with --classes: leave out (and count) objects of classes not in the file instead of "
+        "stopping, e.g. to keep only Car and Pedestrian from KITTI",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        metavar="PX",
+        help=f"pixels a box may cross the image border before it is counted as clipped (default {DEFAULT_TOLERANCE:g})",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (one sub-command per action)."""
     parser = _Parser(
@@ -87,9 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("input", metavar="INPUT", help="checkpoint file, or a Hugging Face model folder")
     weights.add_argument("output", metavar="OUTPUT.pth", help="ddetr checkpoint to write")
     weights.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    from ddetr.tasks.convert import add_arguments as add_convert_arguments
-
-    add_convert_arguments(sub.add_parser("convert", help="convert VOC / KITTI / YOLO labels to a COCO json"))
+    _add_convert_args(sub.add_parser("convert", help="convert VOC / KITTI / YOLO labels to a COCO json"))
     return parser
 
 
@@ -133,53 +196,59 @@ def setup_logging(verbose: bool = False) -> None:
     logging.captureWarnings(True)
 
 
-def _import_task(action: str) -> Any:
-    name = f"ddetr.tasks.{action}"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            raise DdetrError(f"action {action} is not available yet") from None
-        raise
+def summary_line(action: str, result: Any) -> str:
+    """``<action> finished: k=v, ...`` from a result's ``summary()`` (a mapping's scalar values also do)."""
+    if hasattr(result, "summary"):
+        items = result.summary()
+    elif isinstance(result, dict):
+        items = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}
+    else:
+        items = {}
+    text = ", ".join(f"{k}={v}" for k, v in items.items())
+    return f"{action} finished" + (f": {text}" if text else "")
 
 
-def _run_spec_action(args: argparse.Namespace) -> int:
-    from ddetr.spec.load import load_spec, parse_overrides
+def _run(args: argparse.Namespace, extra: list[str]) -> int:
+    """Call the API for the parsed arguments; what the command prints besides the log."""
+    from ddetr import api
 
-    overrides = parse_overrides(args.overrides)
+    if args.action in ("import_weights", "convert") and extra:
+        raise SpecError(f"ddetr {args.action}: unrecognized arguments: {' '.join(extra)}")
+    if args.action == "import_weights":
+        imported = api.import_weights(args.source, args.input, args.output)
+        print(f"imported {imported.describe()}")
+        return 0
+    if args.action == "convert":
+        converted = api.convert(
+            args.format,
+            args.images,
+            args.labels,
+            args.output,
+            classes=args.classes,
+            classmap=args.classmap,
+            drop_difficult=args.drop_difficult,
+            skip_unlisted=args.skip_unlisted,
+            tolerance=args.tolerance,
+        )
+        print("\n".join(converted.lines()))
+        return 0
+    from ddetr.spec.load import parse_overrides
+
+    overrides = parse_overrides(extra)
     if args.results_dir is not None:
         overrides.append(f"results_dir={args.results_dir}")
     if args.key is not None:
         overrides.append(f"encryption_key={args.key}")
-    spec = load_spec(args.spec, overrides, action=args.action)
-    if not spec.encryption_key and os.environ.get(KEY_ENV):
-        spec = spec.model_copy(update={"encryption_key": os.environ[KEY_ENV]})  # keeps the key out of argv
-    task = _import_task(args.action)
-    run = getattr(task, "run", None)
-    if not callable(run):
-        raise DdetrError(f"action {args.action} is not available yet")
-    result = run(spec)
-    if isinstance(result, dict) and result:
-        summary = ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (dict, list)))
-        logger.info(f"{args.action} finished" + (f": {summary}" if summary else ""))
+    result = api.run_action(args.action, args.spec, overrides=overrides)
+    logger.info(summary_line(args.action, result))
     return 0
-
-
-def _run_import_weights(args: argparse.Namespace) -> int:
-    try:
-        weights = importlib.import_module("ddetr.model.weights")
-    except ModuleNotFoundError as exc:
-        if exc.name == "ddetr.model.weights":
-            raise DdetrError("action import_weights is not available yet") from None
-        raise
-    return int(weights.main_import(args.source, args.input, args.output))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ddetr`` / ``deformable_detr`` / ``python -m ddetr``.
 
     Returns:
-        0 on success, 2 on a user error (one line on stderr), 130 on Ctrl-C.
+        0 on success, 2 on a user error (one line on stderr), 130 on Ctrl-C, 143 on SIGTERM (training).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -188,16 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help and --version
             return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USER_ERROR
         setup_logging(getattr(args, "verbose", False))
-        if args.action in ("import_weights", "convert") and extra:
-            raise SpecError(f"ddetr {args.action}: unrecognized arguments: {' '.join(extra)}")
-        if args.action == "import_weights":
-            return _run_import_weights(args)
-        if args.action == "convert":
-            from ddetr.tasks.convert import main as convert_main
-
-            return convert_main(args)
-        args.overrides = extra
-        return _run_spec_action(args)
+        return _run(args, extra)
     except DdetrError as exc:
         message = " ".join(str(exc).split())
         print(f"error: {message}", file=sys.stderr)

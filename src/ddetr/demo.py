@@ -29,11 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="spec overrides, e.g. train.num_epochs=5")
     args = parser.parse_args(argv)
 
+    import ddetr
     from ddetr.cli import setup_logging
     from ddetr.data.synthetic import generate_synthetic_dataset
     from ddetr.errors import DdetrError
-    from ddetr.spec.load import load_spec
-    from ddetr.tasks import evaluate, inference, train
 
     setup_logging()
     start = time.monotonic()
@@ -42,28 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         generate_synthetic_dataset(data_dir, seed=0)
         logger.info("Synthetic dataset ready in %s", data_dir)
-        overrides = [f"results_dir={out}", *args.overrides]
-        spec = load_spec(demo_spec_path(), overrides)
-        trained = train.run(spec)
-        checkpoint = trained["checkpoint"]
-        for section in ("evaluate", "inference"):
-            overrides.append(f"{section}.checkpoint={checkpoint}")
-        spec = load_spec(demo_spec_path(), overrides)
-        metrics = evaluate.run(spec)
-        inferred = inference.run(spec)
+        spec = ddetr.load_spec(demo_spec_path(), overrides=[f"results_dir={out}", *args.overrides])
+        trained = ddetr.train(spec)
+        checkpoint = trained.latest
+        metrics = ddetr.evaluate(spec, evaluate__checkpoint=checkpoint)
+        inferred = ddetr.inference(spec, inference__checkpoint=checkpoint)
     except DdetrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     minutes = (time.monotonic() - start) / 60
+    val = trained.val_metrics
     print()
     print(f"Demo finished in {minutes:.1f} min.")
     print(
-        f"  validation mAP50: {trained.get('val_mAP50', float('nan')):.3f}  mAP: {trained.get('val_mAP', float('nan')):.3f}"
+        f"  validation mAP50: {val.get('val_mAP50', float('nan')):.3f}  mAP: {val.get('val_mAP', float('nan')):.3f}"
     )
     print(f"  test mAP50:       {metrics.test_mAP50:.3f}  mAP: {metrics.test_mAP:.3f}")
     print(f"  checkpoint:       {checkpoint}")
     print(f"  pictures:         {inferred.images_annotated}")
-    print(f"  metrics:          {out / 'evaluate' / 'metrics.json'}")
+    print(f"  metrics:          {metrics.metrics_json}")
     return 0
 
 

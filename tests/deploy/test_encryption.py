@@ -74,7 +74,7 @@ def test_export_action_with_key_and_deepstream_files(
     )
     with caplog.at_level(logging.INFO):
         result = export.run(spec)
-    onnx_file = Path(result["onnx_file"])
+    onnx_file = result.onnx_file
     assert is_encrypted(onnx_file) and read_card(onnx_file, KEY).input_size == (64, 48)
     out = onnx_file.parent
     # DeepStream's files stay plain text, with one warning that DeepStream needs a plain model
@@ -104,8 +104,8 @@ def test_quantize_encrypted_onnx_writes_encrypted_int8(
         ],
     )
     report = quantize.run(spec)  # the report's before/after mAP reads both files with the key
-    out = Path(report["quantized_model"])
-    assert is_encrypted(out) and report["mAP"] is not None
+    out = report.quantized_model
+    assert is_encrypted(out) and report.mAP_after is not None
     assert read_card(out, KEY).quantization["backend"] == "onnxruntime"
     with pytest.raises(CheckpointError, match="is encrypted"):
         read_card(out)

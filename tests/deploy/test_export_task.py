@@ -27,8 +27,9 @@ def test_export_action_writes_onnx_nvdsinfer_and_status(spec_args: list[str], sp
     )
     result = export.run(spec)
     out = Path(spec.results_dir) / "export"
-    assert Path(result["onnx_file"]) == out / "model.onnx"
-    card = read_card(result["onnx_file"])
+    assert result.onnx_file == out / "model.onnx" and result.input_size == (64, 48)
+    assert result.labels_file == out / "labels.txt" and result.nvinfer_config is not None
+    card = read_card(result.onnx_file)
     assert card.input_size == (64, 48) and card.class_names == ("", "circle", "square", "triangle")
     assert (out / "labels.txt").read_text().splitlines() == ["class_0", "circle", "square", "triangle"]
     config = (out / "nvinfer_config.txt").read_text()
@@ -62,6 +63,6 @@ def test_plugin_export_warns_without_tensorrt(spec_args: list[str], spec_checkpo
     assert spec.export.on_cpu is False  # TAO's default
     with caplog.at_level("WARNING"):
         result = export.run(spec)
-    assert result["trt_plugin"] is True
+    assert result.trt_plugin is True
     if not export.tensorrt_installed():
         assert "ONNX Runtime cannot run" in caplog.text

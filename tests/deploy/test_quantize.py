@@ -177,11 +177,15 @@ def test_quantize_action_onnxruntime_report(
     report = quantize.run(spec)
     out = Path(spec.results_dir) / "quantize"
     saved = json.loads((out / "quantize_report.json").read_text())
-    assert saved == report
-    assert Path(report["quantized_model"]).is_file() and report["quantized_model"].endswith("model_int8.onnx")
-    assert Path(report["float_model"]).name == "model_fp32.onnx"
-    assert report["size_bytes"]["after"] < report["size_bytes"]["before"]
-    assert set(report["mAP"]) == {"before", "after"} and report["eval_images"] == 8
+    assert report.report_json == out / "quantize_report.json"
+    assert (
+        saved["quantized_model"] == str(report.quantized_model) and saved["size_ratio"] == report.size_ratio
+    )
+    assert saved["mAP"] == {"before": report.mAP_before, "after": report.mAP_after}
+    assert report.quantized_model.is_file() and report.quantized_model.name == "model_int8.onnx"
+    assert report.float_model.name == "model_fp32.onnx"
+    assert report.weights_bytes_after < report.weights_bytes_before
+    assert report.mAP_before is not None and report.mAP_after is not None and report.eval_images == 8
     assert read_status(out / "status.json")[-1]["status"] == "SUCCESS"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
@@ -189,9 +193,9 @@ def test_quantize_action_onnxruntime_report(
 def test_quantize_action_torchao_report(spec_args: list[str], spec_checkpoint: Path) -> None:
     spec = _section(spec_args, f"quantize.model_path={spec_checkpoint}")
     report = quantize.run(spec)
-    assert report["backend"] == "torchao" and report["quantized_model"].endswith("model_int8_wo.pth")
-    assert report["size_bytes"]["after"] < report["size_bytes"]["before"]
-    assert 0.0 <= report["mAP"]["after"] <= 1.0
+    assert report.backend == "torchao" and report.quantized_model.name == "model_int8_wo.pth"
+    assert report.weights_bytes_after < report.weights_bytes_before
+    assert 0.0 <= report.mAP_after <= 1.0
 
 
 def test_report_sizes_count_weights_not_optimizer_state(tiny_checkpoint: Path, tmp_path: Path) -> None:

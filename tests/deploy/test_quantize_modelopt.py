@@ -332,17 +332,23 @@ def test_quantize_action_modelopt_pytorch_then_evaluate_and_infer(
     with caplog.at_level("WARNING"):
         report = quantize.run(spec)
     assert [r for r in caplog.records if "quantize.device=cuda" in r.getMessage()]  # TAO's default device
-    out = Path(report["quantized_model"])
-    assert out.name == "model_modelopt_int8.pth" and report["float_model"] == str(spec_checkpoint)
-    assert report["quantization"]["calibration_images"] == 8 and report["device"] == "cpu"
-    assert report["size_bytes"]["after"] < 0.5 * report["size_bytes"]["before"]
-    assert set(report["mAP"]) == {"before", "after"} and report["eval_images"] == 8
-    assert all(0.0 <= v <= 1.0 for v in report["mAP"].values())
-    assert json.loads((out.parent / "quantize_report.json").read_text()) == report
+    out = report.quantized_model
+    assert out.name == "model_modelopt_int8.pth" and report.float_model == spec_checkpoint
+    assert report.quantization["calibration_images"] == 8 and report.device == "cpu"
+    assert report.weights_bytes_after < 0.5 * report.weights_bytes_before
+    assert report.eval_images == 8
+    assert all(0.0 <= v <= 1.0 for v in (report.mAP_before, report.mAP_after))
+    written = json.loads(report.report_json.read_text())
+    assert report.report_json == out.parent / "quantize_report.json"
+    assert written["mAP"] == {"before": report.mAP_before, "after": report.mAP_after}
+    assert written["size_bytes"] == {
+        "before": report.weights_bytes_before,
+        "after": report.weights_bytes_after,
+    }
 
     args = [*spec_args, f"evaluate.checkpoint={out}", f"inference.checkpoint={out}"]
     metrics = evaluate.run(load_spec(None, args))
-    assert metrics.test_mAP == pytest.approx(report["mAP"]["after"], abs=1e-9)
+    assert metrics.test_mAP == pytest.approx(report.mAP_after, abs=1e-9)
     result = inference.run(load_spec(None, [*args, "inference.conf_threshold=0.0"]))
     assert result.images == 8 and result.detections > 0
 
@@ -362,10 +368,10 @@ def test_quantize_action_modelopt_onnx_report(
         "quantize.algorithm=max",
     )
     report = quantize.run(spec)
-    q_onnx, f_onnx = Path(report["quantized_model"]), Path(report["float_model"])
+    q_onnx, f_onnx = report.quantized_model, report.float_model
     assert q_onnx.name == "model_modelopt_int8.onnx" and f_onnx.name == "model_fp32.onnx"
-    assert report["size_bytes"]["after"] < 0.5 * report["size_bytes"]["before"]
-    assert set(report["mAP"]) == {"before", "after"} and report["eval_images"] == 8
+    assert report.weights_bytes_after < 0.5 * report.weights_bytes_before
+    assert report.mAP_before is not None and report.mAP_after is not None and report.eval_images == 8
     note = read_card(q_onnx).quantization
     assert note["backend"] == "modelopt.onnx" and note["calibrate_method"] == "max"
     proto = onnx.load(str(q_onnx))

@@ -17,7 +17,6 @@ from ddetr.model.weights import interm_indices_for_levels, original_layout
 from ddetr.spec.sections import ModelSection
 
 PYTHON = sys.executable
-MAIN_IMPORT = "import sys; from ddetr.model.weights import main_import; sys.exit(main_import(*sys.argv[1:]))"
 
 
 def small_release(tmp_path: Path, **flags: object) -> tuple[Path, dict[str, torch.Tensor], dict[str, object]]:
@@ -52,10 +51,9 @@ def write_release(path: Path, sd: dict[str, torch.Tensor], args: dict[str, objec
     return path
 
 
-def run_main_import(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-c", MAIN_IMPORT, *map(str, args)], capture_output=True, text=True, timeout=300, check=False
-    )
+def run_import(source: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``ddetr import_weights --source SOURCE ARGS`` in a subprocess."""
+    return run_cli("--source", source, *args)
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -71,7 +69,7 @@ def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def test_original_release_converts_with_one_summary_line(tmp_path):
     path, sd, _ = small_release(tmp_path, with_box_refine=True, num_queries=25)
     out = tmp_path / "ddetr.pth"
-    result = run_main_import("original", path, out)
+    result = run_import("original", path, out)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -90,7 +88,7 @@ def test_error_is_one_line_without_traceback_and_no_output(tmp_path):
     sd["transformer.mystery.weight"] = torch.zeros(2)
     write_release(path, sd, args)
     out = tmp_path / "ddetr.pth"
-    result = run_main_import("original", path, out)
+    result = run_import("original", path, out)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0
@@ -134,7 +132,7 @@ def hf_model(with_box_refine: bool):
 
 
 def check_hf_import(folder: Path, reference, out: Path, summary: str) -> None:
-    result = run_main_import("hf", folder, out)
+    result = run_import("hf", folder, out)
     assert result.returncode == 0, result.stderr
     assert summary in result.stdout
     model, info = build_model_from_checkpoint(out)
@@ -173,6 +171,6 @@ def test_hugging_face_folder_without_weights_is_an_error(tmp_path):
     folder = tmp_path / "empty"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    result = run_main_import("hf", folder, tmp_path / "x.pth")
+    result = run_import("hf", folder, tmp_path / "x.pth")
     assert result.returncode == 2 and "no model.safetensors" in result.stderr
     assert not (tmp_path / "x.pth").exists()

@@ -17,11 +17,11 @@ from ddetr.errors import CheckpointError
 from ddetr.model.detector import DeformableDETR
 from ddetr.model.weights import (
     import_original,
-    import_weights,
     interm_indices_for_levels,
     original_layout,
 )
 from ddetr.spec.sections import ModelSection
+from ddetr.tasks.import_weights import run as import_weights
 
 # variant -> the original code's command-line flags
 VARIANTS = {
@@ -242,7 +242,12 @@ def test_imported_weights_load_strictly_into_the_model(release):
 
 def test_import_weights_writes_a_self_describing_checkpoint(tmp_path):
     path, sd, _ = small_release(tmp_path, with_box_refine=True, two_stage=True, num_queries=20)
-    out = import_weights("original", path, tmp_path / "out" / "imported.pth")
+    result = import_weights("original", path, tmp_path / "out" / "imported.pth")
+    out = result.output
+    assert (
+        out == tmp_path / "out" / "imported.pth" and result.num_classes == 5 and result.source == "original"
+    )
+    assert result.tensors == len(load_checkpoint(out).state_dict) and result.parameters > 0
     info = load_checkpoint(out)
     assert info.card.num_classes == 5
     card_model = info.card.model

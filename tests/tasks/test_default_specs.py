@@ -15,7 +15,7 @@ ACTIONS = ("train", "evaluate", "inference", "export", "quantize", "gen_trt_engi
 
 def test_writes_every_template_and_each_round_trips(tmp_path):
     result = default_specs.run(load_spec(None, [f"results_dir={tmp_path}"]))
-    assert sorted(result["specs"]) == sorted(str(tmp_path / f"{a}.yaml") for a in ACTIONS)
+    assert sorted(result.specs) == sorted(tmp_path / f"{a}.yaml" for a in ACTIONS)
     for action in ACTIONS:
         assert load_spec(tmp_path / f"{action}.yaml") == Spec()
     assert (tmp_path / "default_specs" / "experiment.yaml").is_file()

@@ -34,7 +34,7 @@ def trained(
         f"encryption_key={KEY}",
     ]
     result = train.run(load_spec(None, args))
-    train_dir = Path(result["checkpoint"]).parent
+    train_dir = result.latest.parent
     return args, train_dir
 
 

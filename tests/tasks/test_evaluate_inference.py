@@ -22,7 +22,7 @@ def trained(
     """A 1-epoch checkpoint of the tiny model and the overrides that made it."""
     args = [*tiny_overrides(tiny_data, tmp_path_factory.mktemp("trained")), "train.num_epochs=1"]
     result = train.run(load_spec(None, args))
-    return args, Path(result["checkpoint"])
+    return args, result.latest
 
 
 def test_evaluate_writes_metrics_status_and_detections(trained) -> None:

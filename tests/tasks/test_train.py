@@ -14,6 +14,7 @@ from ddetr.errors import SpecError
 from ddetr.spec.load import load_spec
 from ddetr.status import read_status
 from ddetr.tasks import train
+from ddetr.tasks.results import AutomlResult
 
 
 def _train_dir(args: list[str]) -> Path:
@@ -31,7 +32,7 @@ def test_train_writes_tao_checkpoints_status_and_resumes(tiny_spec_args: list[st
     latest = train_dir / "dd_model_latest.pth"
     assert latest.is_symlink() and latest.resolve().name == "model_epoch_001_step_00008.pth"
     assert (train_dir / "experiment.yaml").is_file()
-    assert Path(result["checkpoint"]) == latest.resolve()
+    assert result.latest == latest.resolve()
 
     # self-describing checkpoint: architecture, classes and spec
     info = load_checkpoint(latest)
@@ -145,4 +146,4 @@ def test_automl_policy_on_routes_train_to_the_search(tiny_spec_args: list[str]) 
     assert (automl_dir / "leaderboard.csv").is_file() and (automl_dir / "best_spec.yaml").is_file()
     assert (automl_dir / "trial_000" / "train" / "dd_model_latest.pth").exists()
     assert not (_train_dir(args) / "dd_model_latest.pth").exists()  # no plain training happened
-    assert "best_trial" in result
+    assert isinstance(result, AutomlResult) and result.best_trial is not None

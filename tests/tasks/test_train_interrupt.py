@@ -59,6 +59,6 @@ def test_sigterm_saves_the_current_step_exits_143_and_resumes(tiny_spec_args: li
     # the same command (fewer epochs so the test ends) resumes from that step and finishes
     final_epochs = epoch + 2
     result = train.run(load_spec(None, [*tiny_spec_args, f"train.num_epochs={final_epochs}"]))
-    assert result["steps"] == final_epochs * 4
+    assert result.steps == final_epochs * 4
     assert latest.resolve().name == f"model_epoch_{final_epochs - 1:03d}_step_{final_epochs * 4:05d}.pth"
     assert read_status(train_dir / "status.json")[-1]["status"] == "SUCCESS"

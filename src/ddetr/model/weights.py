@@ -16,15 +16,14 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torchvision
 from pydantic import ValidationError
 
-from ddetr.artefacts.card import ModelCard
-from ddetr.artefacts.checkpoint import describe_mismatch, load_into_model, save_checkpoint, short_list
-from ddetr.errors import CheckpointError, DdetrError, SpecError
+from ddetr.artefacts.checkpoint import describe_mismatch
+from ddetr.errors import CheckpointError
 from ddetr.spec.sections import ModelSection
 
 logger = logging.getLogger(__name__)
@@ -56,7 +55,6 @@ _ARGS_TO_FIELDS = {
 _STAGE_CHANNELS = {"basic": (64, 128, 256, 512), "bottleneck": (256, 512, 1024, 2048)}
 # The original post-processing keeps the top 100 detections; COCO scores at most 100 per image.
 ORIGINAL_NUM_SELECT = 100
-EXIT_USER_ERROR = 2
 # The original main.py's defaults for the architecture flags (used when a flag is absent from ``args``).
 ORIGINAL_DEFAULTS: dict[str, Any] = {
     "backbone": "resnet50",
@@ -357,7 +355,7 @@ def import_original(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     if unknown or missing or wrong:
         problems = describe_mismatch(missing, unknown, wrong).replace("unexpected keys", "unknown keys")
         raise CheckpointError(
-            f"{file}: does not match the architecture in its args ({_arch_summary(model)}): {problems}"
+            f"{file}: does not match the architecture in its args ({arch_summary(model)}): {problems}"
         )
 
     ours = {_to_our_key(k): v for k, v in sd.items()}
@@ -370,7 +368,8 @@ def _to_our_key(key: str) -> str:
     return key
 
 
-def _arch_summary(model: ModelSection) -> str:
+def arch_summary(model: ModelSection) -> str:
+    """The architecture in a few words: backbone, levels, variant, queries, layers, width, heads."""
     variant = [f"{model.num_feature_levels} levels"]
     if model.with_box_refine:
         variant.append("box refine")
@@ -442,96 +441,3 @@ def import_hf(
         raise CheckpointError(f"{config_file}: not valid JSON: {err}") from None
     sd, model, num_classes = convert_hf_state_dict(_read_hf_weights(path), config)
     return sd, model, num_classes, _class_names_from_hf(config, num_classes)
-
-
-def _count_parameters(state_dict: Mapping[str, torch.Tensor]) -> int:
-    """Elements of distinct tensors (aliased keys counted once)."""
-    seen = {}
-    for tensor in state_dict.values():
-        seen[(tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))] = (
-            tensor.numel()
-        )
-    return sum(seen.values())
-
-
-def _import_and_save(
-    source: str, input: str | os.PathLike[str], output: str | os.PathLike[str]
-) -> tuple[Path, str]:
-    class_names: list[str] | None = None
-    if source == "original":
-        sd, model_section, num_classes = import_original(input)
-    elif source == "hf":
-        sd, model_section, num_classes, class_names = import_hf(input)
-    else:
-        raise SpecError(f"import_weights: --source must be 'original' or 'hf', got {source!r}")
-    from ddetr.model.detector import DeformableDETR
-
-    model = DeformableDETR.from_config(model_section, num_classes)
-    load_into_model(model, sd, f"{input} (converted from {source})")
-    state_dict = model.state_dict()
-    # keys the model shares (aliases, heads repeated per layer) must agree, or loading kept only one of them
-    overwritten = [k for k, v in sd.items() if not torch.equal(state_dict[k], v)]
-    if overwritten:
-        raise CheckpointError(
-            f"{input}: tensors that this architecture shares hold different values, so one would be lost: "
-            f"{short_list(overwritten)}"
-        )
-    written = save_checkpoint(
-        output,
-        card=ModelCard(
-            model=model_section,
-            num_classes=num_classes,
-            class_names=tuple(class_names or ()),
-            num_select=model_section.num_select,
-        ),
-        state_dict=state_dict,
-        extra={"imported_from": {"source": source, "path": str(input)}},
-    )
-    summary = (
-        f"{written}: {len(state_dict)} tensors, {_count_parameters(state_dict) / 1e6:.1f}M parameters, "
-        f"{_arch_summary(model_section)}, {num_classes} classes (from {source} '{input}')"
-    )
-    return written, summary
-
-
-def import_weights(
-    source: Literal["original", "hf"], input: str | os.PathLike[str], output: str | os.PathLike[str]
-) -> Path:
-    """Convert a published checkpoint into a self-describing ddetr checkpoint.
-
-    The converted weights are loaded strictly into ``DeformableDETR.from_config`` before anything is
-    written; nothing is written on failure.
-
-    Args:
-        source: ``"original"`` (the SenseTime release ``.pth``) or ``"hf"`` (a Hugging Face model folder).
-        input: the file or folder to read.
-        output: the ``.pth`` to write.
-
-    Returns:
-        The path written.
-
-    Raises:
-        CheckpointError: unreadable input or weights that do not fit the architecture.
-        SpecError: unknown ``source``.
-    """
-    written, summary = _import_and_save(source, input, output)
-    logger.info("imported %s", summary)
-    return written
-
-
-def main_import(source: str, input: str | os.PathLike[str], output: str | os.PathLike[str]) -> int:
-    """``ddetr import_weights --source original|hf INPUT OUTPUT.pth``: convert, print one summary line.
-
-    Returns:
-        Process exit code: 0 on success, 2 on a user-facing error (printed as one line, no traceback), as the CLI.
-    """
-    from rich.console import Console
-    from rich.markup import escape
-
-    try:
-        _, summary = _import_and_save(source, input, output)
-    except DdetrError as err:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
-        return EXIT_USER_ERROR
-    Console(soft_wrap=True).print(f"imported {summary}", highlight=False, markup=False)
-    return 0

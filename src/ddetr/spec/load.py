@@ -32,6 +32,7 @@ __all__ = [
     "load_spec",
     "merge_model_from_checkpoint",
     "resolve_interpolations",
+    "set_value",
 ]
 
 
@@ -67,13 +68,19 @@ def _yaml_load(text: str, source: str) -> Any:
 TRAINING_ACTIONS = ("train", "automl")  # the actions check_rules' warnings are about
 
 
-def load_spec(path: str | Path | None, overrides: Sequence[str] = (), action: str | None = None) -> Spec:
+def load_spec(
+    path: str | Path | Spec | None,
+    overrides: Sequence[str | tuple[str, Any]] = (),
+    action: str | None = None,
+) -> Spec:
     """Read, override and validate an experiment spec.
 
     Args:
-        path: The YAML spec file, or ``None`` for the defaults.
+        path: The YAML spec file, a :class:`Spec` to start from (validated again with the overrides), or
+            ``None`` for the defaults.
         overrides: Dotted ``key=value`` strings applied after the file, values parsed as YAML
-            (``train.optim.lr_steps=[30,45]``, ``dataset.train_data_sources=[{image_dir: a, json_file: b}]``).
+            (``train.optim.lr_steps=[30,45]``, ``dataset.train_data_sources=[{image_dir: a, json_file: b}]``),
+            or ``(dotted key, value)`` pairs whose value is used as it is (the Python API's keywords).
         action: the action the spec is for; the training-only warnings (``lr_steps`` that never decay) are
             logged for ``train``/``automl`` and when ``None`` (unknown), not for evaluate, export, ...
 
@@ -84,7 +91,9 @@ def load_spec(path: str | Path | None, overrides: Sequence[str] = (), action: st
         SpecError: one line naming the file, key or field, the value and what is allowed.
     """
     data: dict[str, Any] = {}
-    if path is not None:
+    if isinstance(path, Spec):
+        data = path.model_dump()
+    elif path is not None:
         p = Path(path)
         if not p.is_file():
             what = "is a directory, not a file" if p.is_dir() else "not found"
@@ -96,7 +105,10 @@ def load_spec(path: str | Path | None, overrides: Sequence[str] = (), action: st
             raise SpecError(f"{p}: the spec must be a YAML mapping of sections, got {type(loaded).__name__}")
         data = loaded
     for item in overrides:
-        apply_override(data, item)
+        if isinstance(item, tuple):
+            set_value(data, *item)
+        else:
+            apply_override(data, item)
     data = resolve_interpolations(data)
     spec = validate_spec(data)
     warnings = check_rules(spec)
@@ -111,7 +123,7 @@ def load_spec(path: str | Path | None, overrides: Sequence[str] = (), action: st
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
-    """Apply one ``a.b.c=value`` override to the raw (unvalidated) spec mapping in place.
+    """Apply one ``a.b.c=value`` override (value parsed as YAML) to the raw spec mapping in place.
 
     Raises:
         SpecError: no ``=``, an empty key, or a path through a value that is not a section.
@@ -121,6 +133,22 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise SpecError(f"override {item!r} is not key=value; write e.g. train.num_epochs=20")
     value = _yaml_load(raw, f"override {key}") if raw.strip() else ""
+    set_value(data, key, value, item)
+
+
+def set_value(data: dict[str, Any], key: str, value: Any, item: str | None = None) -> None:
+    """Set the dotted ``key`` to ``value`` in the raw (unvalidated) spec mapping in place.
+
+    Args:
+        data: The raw spec mapping.
+        key: A dotted field name, e.g. ``train.num_epochs``.
+        value: The value, used as it is (validation comes later, with the whole spec).
+        item: The override as the user wrote it, for messages (default ``key=value``).
+
+    Raises:
+        SpecError: an empty key or part, or a path through a value that is not a section.
+    """
+    item = item if item is not None else f"{key}={value!r}"
     parts = key.split(".")
     if any(not p for p in parts):
         raise SpecError(f"override {item!r}: {key!r} is not a dotted field name")

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from ddetr.spec.sections import Spec
+from ddetr.tasks.results import AutomlResult
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["maybe_route", "run", "wants_search"]
+__all__ = ["maybe_route", "run", "search_result", "wants_search"]
 
 
-def run(spec: Spec) -> dict[str, Any]:
+def run(spec: Spec) -> AutomlResult:
     """Run, resume or join the search in ``<results_dir>/automl``.
 
     Returns:
-        The best trial (number, metric, checkpoint path, best_spec.yaml path) and the trial counts.
+        The trial counts and the best trial (number, metric, checkpoint path, best_spec.yaml path).
 
     Raises:
         SpecError: a bad ``automl`` section or an unreachable storage, before any trial runs.
@@ -25,7 +27,28 @@ def run(spec: Spec) -> dict[str, Any]:
     from ddetr.tasks.common import prepare_results_dir
 
     automl_dir = prepare_results_dir(spec, "automl")
-    return run_search(spec, automl_dir)
+    return search_result(run_search(spec, automl_dir), spec.automl.metric)
+
+
+def search_result(found: dict[str, Any], metric: str) -> AutomlResult:
+    """The :class:`AutomlResult` of :func:`ddetr.automl.search.run_search`'s summary mapping."""
+
+    def path(key: str) -> Path | None:
+        return Path(found[key]) if found.get(key) else None
+
+    best_value = found.get(f"best_{metric}")
+    return AutomlResult(
+        trials=int(found["trials"]),
+        complete=int(found["complete"]),
+        pruned=int(found["pruned"]),
+        failed=int(found["fail"]),
+        leaderboard=Path(found["leaderboard"]),
+        metric=metric,
+        best_trial=found.get("best_trial"),
+        best_value=float(best_value) if best_value is not None else None,
+        best_checkpoint=path("best_checkpoint"),
+        best_spec=path("best_spec"),
+    )
 
 
 def wants_search(spec: Spec) -> bool:
@@ -33,7 +56,7 @@ def wants_search(spec: Spec) -> bool:
     return spec.automl_policy == "on" or spec.automl.enabled
 
 
-def maybe_route(spec: Spec) -> dict[str, Any] | None:
+def maybe_route(spec: Spec) -> AutomlResult | None:
     """Called by ``train``: run the search instead when the spec asks for it, else return None (train once)."""
     if not wants_search(spec):
         return None

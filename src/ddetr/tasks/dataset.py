@@ -20,9 +20,12 @@ import json
 import logging
 from collections.abc import Callable
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from ddetr.errors import DataError, SpecError
+from ddetr.spec.sections import Spec
+from ddetr.tasks.results import DatasetResult
 
 logger = logging.getLogger(__name__)
 
@@ -165,11 +168,11 @@ def print_summary(report: dict[str, Any], class_names: dict[int, str]) -> None:
         console.print(f"... and {len(problems) - _MAX_TABLE_PROBLEMS} more in the report.")
 
 
-def run(spec: Any) -> dict[str, Any]:
+def run(spec: Spec) -> DatasetResult:
     """Check the data; writes the report, the plot and status.json under ``<results_dir>/dataset``.
 
     Returns:
-        ``report``, ``plot`` (paths), ``images`` and ``boxes`` (over all splits), ``errors``, ``warnings``.
+        The report and plot paths, ``images`` and ``boxes`` (over all splits), ``errors`` (0) and ``warnings``.
 
     Raises:
         SpecError: no data source is set.
@@ -225,14 +228,14 @@ def run(spec: Any) -> dict[str, Any]:
             title=f"dataset check: {', '.join(r.name for r in annotated)}",
         )
         print_summary(report, class_names)
-    result = {
-        "report": str(report_path),
-        "plot": str(plot_path),
-        "images": sum(r.images for r in reports),
-        "boxes": sum(r.boxes for r in reports),
-        "errors": errors,
-        "warnings": warnings,
-    }
+    result = DatasetResult(
+        report=Path(report_path),
+        plot=Path(plot_path),
+        images=sum(r.images for r in reports),
+        boxes=sum(r.boxes for r in reports),
+        errors=errors,
+        warnings=warnings,
+    )
     if errors:
         kinds = [
             f"{r.name}: {p.count} {p.kind}"
@@ -246,5 +249,5 @@ def run(spec: Any) -> dict[str, Any]:
         )
         status.failure(message)
         raise DataError(message)
-    status.success(f"Data usable: {result['images']} images, {result['boxes']} boxes, {warnings} warnings.")
+    status.success(f"Data usable: {result.images} images, {result.boxes} boxes, {warnings} warnings.")
     return result

@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from ddetr.fileio import atomic_write_text
 from ddetr.spec.schema import ACTION_SECTIONS, template_yaml
 from ddetr.spec.sections import Spec
 from ddetr.tasks.common import prepare_results_dir, status_logger
+from ddetr.tasks.results import DefaultSpecsResult
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE_ACTIONS: tuple[str, ...] = tuple(ACTION_SECTIONS)
 
 
-def run(spec: Spec) -> dict[str, Any]:
+def run(spec: Spec) -> DefaultSpecsResult:
     """Write ``<results_dir>/{train,evaluate,inference,export,quantize,gen_trt_engine,automl}.yaml``.
 
     Returns:
-        ``{"specs": [paths written]}``.
+        The templates written, in action order.
 
     Raises:
         SpecError: results_dir is not set or not writable.
@@ -33,11 +33,11 @@ def run(spec: Spec) -> dict[str, Any]:
     status = status_logger(folder)
     status.started("Writing default spec templates.")
     out_dir = Path(spec.results_dir).expanduser()
-    written = []
+    written: list[Path] = []
     for action in TEMPLATE_ACTIONS:
         path = out_dir / f"{action}.yaml"
         atomic_write_text(path, template_yaml(action))
-        written.append(str(path))
+        written.append(path)
     logger.info(f"wrote {len(written)} spec templates to {out_dir}")
     status.success(f"Wrote {len(written)} spec templates to {out_dir}.")
-    return {"specs": written}
+    return DefaultSpecsResult(specs=tuple(written))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from ddetr.errors import CheckpointError
+from ddetr.spec.sections import Spec
+from ddetr.tasks.results import ExportResult
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +19,16 @@ def tensorrt_installed() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
-def run(spec: Any) -> dict[str, Any]:
-    """Export; writes the ONNX file (default ``<results_dir>/export/<checkpoint stem>.onnx``) and status.json."""
+def run(spec: Spec) -> ExportResult:
+    """Export; writes the ONNX file (default ``<results_dir>/export/<checkpoint stem>.onnx``) and status.json.
+
+    Returns:
+        The ONNX file, its input size, whether it uses TensorRT's attention plugin, and the DeepStream files
+        when ``export.serialize_nvdsinfer`` asked for them.
+
+    Raises:
+        SpecError / CheckpointError: one line, before any work.
+    """
     from ddetr.deploy.nvdsinfer import write_nvdsinfer
     from ddetr.deploy.onnx_export import check_export_args, export_onnx
     from ddetr.spec.sections import require
@@ -51,7 +60,7 @@ def run(spec: Any) -> dict[str, Any]:
             encryption_key=spec.encryption_key,
         )
         card = result.card
-        outputs = {"onnx_file": str(result.onnx_file)}
+        labels = config = None
         if section.serialize_nvdsinfer:
             if spec.encryption_key:
                 logger.warning(
@@ -68,6 +77,12 @@ def run(spec: Any) -> dict[str, Any]:
                 std=card.std,
                 batch_size=section.batch_size,
             )
-            outputs.update(labels_file=str(labels), nvinfer_config=str(config))
         status.write(status="SUCCESS", message=f"Exported {result.onnx_file}.")
-        return {**outputs, "trt_plugin": card.trt_plugin, "input_size": list(card.input_size or ())}
+        width, height = card.input_size or (0, 0)
+        return ExportResult(
+            onnx_file=Path(result.onnx_file),
+            input_size=(int(width), int(height)),
+            trt_plugin=card.trt_plugin,
+            labels_file=Path(labels) if labels is not None else None,
+            nvinfer_config=Path(config) if config is not None else None,
+        )

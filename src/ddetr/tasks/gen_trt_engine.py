@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ddetr.errors import CheckpointError
+from ddetr.spec.sections import Spec
+from ddetr.tasks.results import GenTrtEngineResult
+
+if TYPE_CHECKING:
+    from ddetr.artefacts.card import ModelCard
+    from ddetr.deploy.tensorrt import TrtBuildSettings
 
 logger = logging.getLogger(__name__)
 
 
-def plan(spec: Any) -> tuple[Any, dict[str, Any]]:
+def plan(spec: Spec) -> tuple[TrtBuildSettings, ModelCard]:
     """Check the section and the ONNX file and derive the builder settings (no TensorRT needed).
 
     Returns:
@@ -42,8 +48,13 @@ def plan(spec: Any) -> tuple[Any, dict[str, Any]]:
     return settings, card
 
 
-def run(spec: Any) -> dict[str, Any]:
-    """Build the engine; writes it, its ``.json`` sidecar and status.json under ``<results_dir>/gen_trt_engine``."""
+def run(spec: Spec) -> GenTrtEngineResult:
+    """Build the engine; writes it, its ``.json`` sidecar and status.json under ``<results_dir>/gen_trt_engine``.
+
+    Raises:
+        SpecError / CheckpointError / DataError: one line, before any work.
+        UnavailableError: TensorRT or a GPU is missing.
+    """
     from ddetr.deploy.tensorrt import build_engine
     from ddetr.runtime.trt import require_tensorrt
     from ddetr.status import StatusLogger
@@ -56,4 +67,4 @@ def run(spec: Any) -> dict[str, Any]:
         require_tensorrt()
         engine = build_engine(settings, card, encryption_key=spec.encryption_key)
         status.write(status="SUCCESS", message=f"Engine written: {engine}.")
-        return {"trt_engine": str(engine), "data_type": settings.data_type}
+        return GenTrtEngineResult(trt_engine=Path(engine), data_type=settings.data_type)

@@ -7,6 +7,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ddetr.spec.sections import Spec
+from ddetr.tasks.results import QuantizeResult
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,8 +41,16 @@ def weights_bytes(path: str | Path, encryption_key: str | None = None) -> int:
     return buffer.tell()
 
 
-def run(spec: Any) -> dict[str, Any]:
-    """Quantize; writes the artefact, ``quantize_report.json`` and status.json under ``<results_dir>/quantize``."""
+def run(spec: Spec) -> QuantizeResult:
+    """Quantize; writes the artefact, ``quantize_report.json`` and status.json under ``<results_dir>/quantize``.
+
+    Returns:
+        The report's facts: both models, their weight and file sizes and, with test or validation data, their
+        mAPs.
+
+    Raises:
+        SpecError / CheckpointError / UnavailableError: one line, before any work.
+    """
     from ddetr.artefacts.card import card_for_spec
     from ddetr.deploy.quantize import plan_quantization, quantize
     from ddetr.fileio import atomic_write_text
@@ -95,7 +106,7 @@ def run(spec: Any) -> dict[str, Any]:
         else:
             logger.warning("No dataset.test_data_sources or val_data_sources: the report has no mAP.")
             report["mAP"] = report["mAP50"] = None
-        atomic_write_text(out_dir / "quantize_report.json", json.dumps(report, indent=2))
+        report_json = atomic_write_text(out_dir / "quantize_report.json", json.dumps(report, indent=2))
         mAP = report["mAP"]
         logger.info(
             "Quantized %s -> %s: weights %.1f MB -> %.1f MB%s",
@@ -107,4 +118,23 @@ def run(spec: Any) -> dict[str, Any]:
         )
         kpi = {"mAP_before": mAP["before"], "mAP_after": mAP["after"]} if mAP else None
         status.write(status="SUCCESS", message=f"Quantized model: {plan.output}.", kpi=kpi)
-        return report
+        mAP50 = report["mAP50"]
+        return QuantizeResult(
+            backend=report["backend"],
+            mode=report["mode"],
+            device=report["device"],
+            float_model=Path(report["float_model"]),
+            quantized_model=Path(report["quantized_model"]),
+            report_json=Path(report_json),
+            weights_bytes_before=report["size_bytes"]["before"],
+            weights_bytes_after=report["size_bytes"]["after"],
+            file_bytes_before=report["file_bytes"]["before"],
+            file_bytes_after=report["file_bytes"]["after"],
+            size_ratio=report["size_ratio"],
+            quantization=dict(report["quantization"] or {}),
+            mAP_before=mAP["before"] if mAP else None,
+            mAP_after=mAP["after"] if mAP else None,
+            mAP50_before=mAP50["before"] if mAP50 else None,
+            mAP50_after=mAP50["after"] if mAP50 else None,
+            eval_images=report.get("eval_images"),
+        )

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ddetr.errors import CheckpointError, Interrupted, SpecError
+from ddetr.tasks.results import AutomlResult, CheckpointRecord, TrainResult
+
+if TYPE_CHECKING:
+    from ddetr.spec.sections import Spec
 
 logger = logging.getLogger(__name__)
+
+_CHECKPOINT_NAME = re.compile(r"model_epoch_(\d+)_step_(\d+)\.pth")
 
 
 def apply_freeze(model: torch.nn.Module, names: list[str]) -> int:
@@ -67,14 +74,53 @@ def load_pretrained(model: torch.nn.Module, path: str, encryption_key: str | Non
     )
 
 
-def _summary(result: dict[str, Any]) -> None:
+def _summary(result: TrainResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="Training summary", show_header=False)
-    for key, value in result.items():
+    for key, value in result.summary().items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console(stderr=True).print(table)
+
+
+def checkpoint_records(train_dir: Path) -> tuple[CheckpointRecord, ...]:
+    """Every ``model_epoch_<EEE>_step_<SSSSS>.pth`` in ``train_dir``, in step order, with its KPIs.
+
+    The KPIs are those of the validation that ran at the checkpoint's step, as status.json recorded it
+    (``None`` when no validation ran at that step, e.g. a checkpoint saved on SIGTERM mid-epoch).
+    """
+    from ddetr.status import read_status
+
+    kpis: dict[int, dict[str, float]] = {}
+    for event in read_status(train_dir / "status.json"):
+        kpi = event.get("kpi")
+        if isinstance(kpi, dict) and "step" in event and any(k.startswith("val_") for k in kpi):
+            kpis[int(event["step"])] = kpi
+    records = []
+    for path in train_dir.glob("model_epoch_*_step_*.pth"):
+        match = _CHECKPOINT_NAME.fullmatch(path.name)
+        if match is None or path.is_symlink():
+            continue
+        epoch, step = int(match.group(1)), int(match.group(2))
+        kpi = kpis.get(step, {})
+
+        def number(name: str, kpi: dict[str, float] = kpi) -> float | None:
+            value = kpi.get(name)
+            return float(value) if isinstance(value, (int, float)) else None
+
+        records.append(
+            CheckpointRecord(
+                path.resolve(), epoch, step, number("val_mAP"), number("val_mAP50"), number("val_loss")
+            )
+        )
+    return tuple(sorted(records, key=lambda r: (r.step, r.epoch)))
+
+
+def best_checkpoint(records: tuple[CheckpointRecord, ...]) -> CheckpointRecord | None:
+    """The record with the highest ``val_mAP`` (the later one on a tie); ``None`` when none has a mAP."""
+    scored = [r for r in records if r.val_mAP is not None]
+    return max(scored, key=lambda r: (r.val_mAP, r.step)) if scored else None
 
 
 def _interrupted(exc: SystemExit, train_dir: Path, step: int) -> Interrupted:
@@ -93,8 +139,17 @@ def _interrupted(exc: SystemExit, train_dir: Path, step: int) -> Interrupted:
     )
 
 
-def run(spec: Any) -> dict[str, Any]:
-    """Train as the spec says; returns the final metrics and the latest checkpoint path."""
+def run(spec: Spec) -> TrainResult | AutomlResult:
+    """Train as the spec says (or run the hyperparameter search when ``automl_policy=on``).
+
+    Returns:
+        The checkpoints in the train folder with their validation KPIs, the best and the latest one, and the
+        final metrics; the search's result when the request was routed to AutoML.
+
+    Raises:
+        SpecError / DataError / CheckpointError: one line, before or during the fit.
+        Interrupted: SIGTERM or Ctrl-C stopped the fit (after saving the step reached).
+    """
     import lightning.pytorch as pl
 
     from ddetr.engine.callbacks import latest_checkpoint
@@ -154,16 +209,19 @@ def run(spec: Any) -> dict[str, Any]:
                 raise _interrupted(exc, train_dir, trainer.global_step) from None
         if spec.train.is_dry_run:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-        result: dict[str, Any] = {
-            "epochs": trainer.current_epoch,
-            "steps": trainer.global_step,
-            "train_loss": float(trainer.callback_metrics.get("train_loss", float("nan"))),
-            **module.last_val_metrics,
-            "time": f"{time.monotonic() - start:.0f} s",
-        }
         latest = None if spec.train.is_dry_run else latest_checkpoint(train_dir)
-        if latest is not None:
-            result["checkpoint"] = str(latest.resolve())
+        records = () if spec.train.is_dry_run else checkpoint_records(train_dir)
+        result = TrainResult(
+            train_dir=train_dir.resolve(),
+            checkpoints=records,
+            latest=latest.resolve() if latest is not None else None,
+            best=best_checkpoint(records),
+            epochs=trainer.current_epoch,
+            steps=trainer.global_step,
+            train_loss=float(trainer.callback_metrics.get("train_loss", float("nan"))),
+            val_metrics={k: float(v) for k, v in module.last_val_metrics.items()},
+            seconds=time.monotonic() - start,
+        )
         if trainer.is_global_zero:
             _summary(result)
             status.write(status="SUCCESS", message="Training finished.", kpi=dict(module.last_val_metrics))
