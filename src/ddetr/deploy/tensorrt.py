@@ -23,6 +23,7 @@ import numpy as np
 
 from ddetr.crypto import read_bytes, write_bytes_atomic
 from ddetr.errors import DataError, SpecError, UnavailableError
+from ddetr.fileio import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -204,11 +205,9 @@ def calibration_stream(settings: TrtBuildSettings, meta: dict[str, Any]) -> Iter
 
 def write_sidecar(engine_file: Path, meta: dict[str, Any], settings: TrtBuildSettings) -> Path:
     """``<engine>.json``: the ONNX metadata the runtime needs plus the build settings."""
-    path = Path(f"{engine_file}{SIDECAR_SUFFIX}")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({**meta, "tensorrt": asdict(settings)}, indent=2))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(
+        Path(f"{engine_file}{SIDECAR_SUFFIX}"), json.dumps({**meta, "tensorrt": asdict(settings)}, indent=2)
+    )
 
 
 def read_sidecar(engine_file: str | os.PathLike[str]) -> dict[str, Any]:
@@ -270,9 +269,7 @@ def make_calibrator(trt: Any, batches: Iterator[np.ndarray], batch_size: int, ca
 
         def write_calibration_cache(self, cache: Any) -> None:
             if cache_file:
-                tmp = Path(f"{cache_file}.tmp{os.getpid()}")
-                tmp.write_bytes(bytes(cache))
-                os.replace(tmp, cache_file)
+                atomic_write_bytes(cache_file, bytes(cache))
 
     return _Calibrator()
 
@@ -328,9 +325,7 @@ def build_engine(settings: TrtBuildSettings, meta: dict[str, Any], encryption_ke
     engine.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(engine, bytes(serialized), encryption_key)
     if settings.timing_cache:
-        cache_tmp = Path(f"{settings.timing_cache}.tmp{os.getpid()}")
-        cache_tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-        os.replace(cache_tmp, settings.timing_cache)
+        atomic_write_bytes(settings.timing_cache, bytes(config.get_timing_cache().serialize()))
     write_sidecar(engine, meta, settings)
     return engine
 
