@@ -55,9 +55,9 @@ class StatusLogger:
         path: The file; its folder is created if needed. Lines are appended, so a resumed run continues it.
 
     Example:
-        >>> import tempfile, os
-        >>> log = StatusLogger(os.path.join(tempfile.mkdtemp(), "status.json"))
-        >>> log.write("STARTED", "Starting training.")["status"]
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     StatusLogger(Path(folder) / "status.json").write("STARTED", "Starting training.")["status"]
         'STARTED'
     """
 
@@ -145,10 +145,13 @@ class StatusLogger:
         an ``Exception`` and is left to whoever handles it.
 
         Example:
-            >>> import tempfile, os
-            >>> log = StatusLogger(os.path.join(tempfile.mkdtemp(), "status.json"))
-            >>> with log.action("Exporting."):
-            ...     _ = log.success("Exported.")
+            >>> import tempfile
+            >>> with tempfile.TemporaryDirectory() as folder:
+            ...     log = StatusLogger(Path(folder) / "status.json")
+            ...     with log.action("Exporting."):
+            ...         _ = log.success("Exported.")
+            ...     [event["status"] for event in read_status(log.path)]
+            ['STARTED', 'SUCCESS']
         """
         self.started(message, **fields)
         try:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,36 +22,26 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from automl_helpers import (
+    FAKE,
+    LR_SEARCH,
+    kill_during_second_trial,
+    precreate_study,
+    resume_retries_the_dead_trial,
+    started_count,
+    two_workers_share_one_study,
+)
 from ddetr.automl.search import run_search
-from ddetr.automl.storage import _schema_race, effective_trials, open_storage, with_driver
+from ddetr.automl.storage import _schema_race, open_storage, with_driver
 from ddetr.errors import SpecError
 from ddetr.spec.load import load_spec
 from ddetr.status import read_status
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).parent
-FAKE = [sys.executable, str(HERE / "fake_train.py")]
-LR_SEARCH = [
-    "automl.hyperparameters=[train.optim.lr]",
-    "automl.range_override={train.optim.lr: {min: 1e-8, max: 1e-2, log: true}}",
-]
-
 
 def _study(url: str, name: str = "ddetr-automl") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=open_storage(url))
-
-
-def _started_count(trial_dir: Path) -> int:
-    return sum(e["status"] == "STARTED" for e in read_status(trial_dir / "train" / "status.json"))
-
-
-def _spawn(spec_file: Path, *overrides: str, epoch_seconds: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "FAKE_EPOCH_SECONDS": epoch_seconds}
-    cmd = [sys.executable, str(HERE / "run_fake_search.py"), str(spec_file), *overrides]
-    log = spec_file.parent / f"search_{time.monotonic_ns()}.log"
-    with log.open("wb") as fh:  # kept for a failing test's reader
-        return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
 
 
 def test_bare_url_gets_the_installed_driver(postgres_url: str) -> None:
@@ -72,11 +60,8 @@ def test_search_prunes_and_writes_results(
         tiny_spec_file, ["automl.algorithm=hyperband", f"automl.storage={postgres_url}", *LR_SEARCH]
     )
     results = Path(spec.results_dir)
-    precreated = optuna.create_study(
-        study_name="ddetr-automl", storage=open_storage(postgres_url), direction="maximize"
-    )
-    for lr in (1e-7, 3e-4, 1e-6, 1e-5):  # the second is best; the last two are worse at epoch 1 (pruned)
-        precreated.enqueue_trial({"train.optim.lr": lr})
+    # the second is best; the last two are worse at epoch 1 (pruned)
+    precreate_study(open_storage(postgres_url), [1e-7, 3e-4, 1e-6, 1e-5])
     out = run_search(spec, results / "automl", train_command=FAKE, poll_interval=0.05)
     trials = _study(postgres_url).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED] * 2
@@ -98,16 +83,9 @@ def test_search_prunes_and_writes_results(
 
 
 def test_two_workers_share_one_study(tiny_spec_file: Path, postgres_url: str) -> None:
-    overrides = ["automl.algorithm=random", "automl.max_recommendations=6", f"automl.storage={postgres_url}"]
-    spec = load_spec(tiny_spec_file, overrides)
-    workers = [_spawn(tiny_spec_file, *overrides, epoch_seconds="0.4") for _ in range(2)]
-    assert [w.wait(180) for w in workers] == [0, 0]
-    trials = _study(postgres_url).get_trials()
-    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
-    automl_dir = Path(spec.results_dir) / "automl"
-    assert all(_started_count(automl_dir / f"trial_{t.number:03d}") == 1 for t in trials)
-    assert len({t.user_attrs["pid"] for t in trials}) == 2
-    assert len({t.params["train.optim.lr"] for t in trials}) == 6  # the joiner does not replay suggestions
+    two_workers_share_one_study(
+        tiny_spec_file, lambda _: _study(postgres_url), f"automl.storage={postgres_url}"
+    )
 
 
 def test_resume_after_kill_retries_the_dead_trial(tiny_spec_file: Path, postgres_url: str) -> None:
@@ -117,31 +95,10 @@ def test_resume_after_kill_retries_the_dead_trial(tiny_spec_file: Path, postgres
         "automl.max_epochs=3",
         f"automl.storage={postgres_url}",
     ]
-    spec = load_spec(tiny_spec_file, overrides)
-    automl_dir = Path(spec.results_dir) / "automl"
-    proc = _spawn(tiny_spec_file, *overrides, epoch_seconds="1.0")
-    status = automl_dir / "trial_001" / "train" / "status.json"
-    deadline = time.monotonic() + 90
-    while not any("kpi" in e for e in read_status(status)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert proc.poll() is None, "the search ended before it could be killed mid-trial"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    first = _study(postgres_url)
-    assert [t.state for t in first.get_trials()][:2] == [TrialState.COMPLETE, TrialState.RUNNING]
-
+    _, first = kill_during_second_trial(tiny_spec_file, overrides, lambda _: _study(postgres_url))
     # the server's clock decides that the dead trial's heartbeat is stale (grace period 3 s)
-    resumed = _spawn(tiny_spec_file, *overrides, epoch_seconds="0.05")
-    assert resumed.wait(120) == 0
-    study = _study(postgres_url)
+    study = resume_retries_the_dead_trial(tiny_spec_file, overrides, lambda _: _study(postgres_url))
     assert study._study_id == first._study_id
-    trials = study.get_trials()
-    assert trials[0].state == TrialState.COMPLETE and _started_count(automl_dir / "trial_000") == 1
-    assert trials[1].state == TrialState.FAIL
-    retry = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
-    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
-    assert retry[0].params == trials[1].params
-    assert sum(t.state == TrialState.COMPLETE for t in effective_trials(study)) == 3
 
 
 def test_rerun_continues_the_study_and_adds_trials(tiny_spec_file: Path, postgres_url: str) -> None:
@@ -155,7 +112,7 @@ def test_rerun_continues_the_study_and_adds_trials(tiny_spec_file: Path, postgre
     trials = _study(postgres_url).get_trials()
     assert out["complete"] == 3 and len(trials) == 3
     assert [t.params for t in trials[:2]] == [t.params for t in first]
-    assert all(_started_count(automl_dir / f"trial_{i:03d}") == 1 for i in range(3))
+    assert all(started_count(automl_dir / f"trial_{i:03d}") == 1 for i in range(3))
     assert len(optuna.get_all_study_names(open_storage(postgres_url))) == 1
 
 

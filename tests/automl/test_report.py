@@ -50,7 +50,8 @@ def test_leaderboard_order_follows_direction(tmp_path: Path) -> None:
 def test_plots_are_written(tmp_path: Path) -> None:
     paths = write_plots(_study("maximize"), "val_mAP", tmp_path)
     assert [p.name for p in paths] == ["metric_vs_trial.png", "param_importances.png"]
-    assert all(p.stat().st_size > 1000 for p in paths)
+    assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)  # no temporary left
 
 
 def test_equal_metrics_best_is_lower_val_loss() -> None:

@@ -5,51 +5,29 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
+from automl_helpers import (
+    FAKE,
+    LR_SEARCH,
+    kill_during_second_trial,
+    precreate_study,
+    resume_retries_the_dead_trial,
+    sqlite_study,
+    sqlite_url,
+    started_count,
+    two_workers_share_one_study,
+)
 from ddetr.automl.search import run_search
-from ddetr.automl.storage import effective_trials
 from ddetr.cli import main as cli_main
 from ddetr.errors import SpecError
 from ddetr.spec.load import load_spec
 from ddetr.status import read_status
 from ddetr.tasks.automl import maybe_route, wants_search
-
-HERE = Path(__file__).parent
-FAKE = [sys.executable, str(HERE / "fake_train.py")]
-LR_SEARCH = [
-    "automl.hyperparameters=[train.optim.lr]",
-    "automl.range_override={train.optim.lr: {min: 1e-8, max: 1e-2, log: true}}",
-]
-
-
-def _study(results: Path, name: str = "ddetr-automl") -> optuna.Study:
-    url = f"sqlite:///{results / 'automl' / 'study.db'}"
-    return optuna.load_study(study_name=name, storage=url)
-
-
-def _started_count(trial_dir: Path) -> int:
-    return sum(e["status"] == "STARTED" for e in read_status(trial_dir / "train" / "status.json"))
-
-
-def _precreate(results: Path, lrs: list[float]) -> None:
-    (results / "automl").mkdir(parents=True)
-    study = optuna.create_study(
-        study_name="ddetr-automl",
-        storage=f"sqlite:///{results / 'automl' / 'study.db'}",
-        direction="maximize",
-    )
-    for lr in lrs:
-        study.enqueue_trial({"train.optim.lr": lr})
 
 
 def test_hyperband_prunes_and_writes_results(tiny_spec_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,9 +35,9 @@ def test_hyperband_prunes_and_writes_results(tiny_spec_file: Path, monkeypatch: 
     spec = load_spec(tiny_spec_file, ["automl.algorithm=hyperband", *LR_SEARCH])
     results = Path(spec.results_dir)
     # first trial always goes on; the second is better (goes on); the last two are worse at epoch 1 (pruned)
-    _precreate(results, [1e-7, 3e-4, 1e-6, 1e-5])
+    precreate_study(sqlite_url(results), [1e-7, 3e-4, 1e-6, 1e-5])
     out = run_search(spec, results / "automl", train_command=FAKE, poll_interval=0.05)
-    study = _study(results)
+    study = sqlite_study(results)
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
     assert (out["complete"], out["pruned"], out["best_trial"]) == (2, 2, 1)
@@ -95,8 +73,8 @@ def test_random_search_runs_to_count_and_reruns_nothing(tiny_spec_file: Path) ->
     results = Path(spec.results_dir)
     run_search(spec, results / "automl", train_command=FAKE, poll_interval=0.05)
     again = run_search(spec, results / "automl", train_command=FAKE, poll_interval=0.05)
-    assert again["complete"] == 3 and len(_study(results).get_trials()) == 3
-    assert all(_started_count(results / "automl" / f"trial_{i:03d}") == 1 for i in range(3))
+    assert again["complete"] == 3 and len(sqlite_study(results).get_trials()) == 3
+    assert all(started_count(results / "automl" / f"trial_{i:03d}") == 1 for i in range(3))
 
 
 def test_encryption_key_reaches_trials_by_environment_only(tiny_spec_file: Path) -> None:
@@ -115,57 +93,17 @@ def test_encryption_key_reaches_trials_by_environment_only(tiny_spec_file: Path)
     assert not [p for p in written if secret.encode() in p.read_bytes()]
 
 
-def _spawn(spec_file: Path, *overrides: str, epoch_seconds: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "FAKE_EPOCH_SECONDS": epoch_seconds}
-    cmd = [sys.executable, str(HERE / "run_fake_search.py"), str(spec_file), *overrides]
-    log = spec_file.parent / f"search_{time.monotonic_ns()}.log"
-    with log.open("wb") as fh:  # kept for a failing test's reader
-        return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-
-
 def test_resume_after_kill(tiny_spec_file: Path) -> None:
     overrides = ["automl.algorithm=random", "automl.max_recommendations=3", "automl.max_epochs=3"]
-    spec = load_spec(tiny_spec_file, overrides)
-    automl_dir = Path(spec.results_dir) / "automl"
-    proc = _spawn(tiny_spec_file, *overrides, epoch_seconds="1.0")
-    status = automl_dir / "trial_001" / "train" / "status.json"
-    deadline = time.monotonic() + 90
-    while not any("kpi" in e for e in read_status(status)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert proc.poll() is None, "the search ended before it could be killed mid-trial"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    status, _ = kill_during_second_trial(tiny_spec_file, overrides, sqlite_study)
     size = status.stat().st_size
     time.sleep(2.5)
     assert status.stat().st_size == size, "the killed search's training went on"
-    first = _study(Path(spec.results_dir))
-    assert [t.state for t in first.get_trials()][:2] == [TrialState.COMPLETE, TrialState.RUNNING]
-
-    resumed = _spawn(tiny_spec_file, *overrides, epoch_seconds="0.05")
-    assert resumed.wait(120) == 0
-    study = _study(Path(spec.results_dir))
-    trials = study.get_trials()
-    assert trials[0].state == TrialState.COMPLETE and _started_count(automl_dir / "trial_000") == 1
-    assert trials[1].state == TrialState.FAIL
-    retry = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
-    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
-    assert retry[0].params == trials[1].params
-    assert sum(t.state == TrialState.COMPLETE for t in effective_trials(study)) == 3
+    resume_retries_the_dead_trial(tiny_spec_file, overrides, sqlite_study)
 
 
 def test_two_workers_share_one_study(tiny_spec_file: Path) -> None:
-    overrides = ["automl.algorithm=random", "automl.max_recommendations=6"]
-    spec = load_spec(tiny_spec_file, overrides)
-    workers = [_spawn(tiny_spec_file, *overrides, epoch_seconds="0.4") for _ in range(2)]
-    assert [w.wait(180) for w in workers] == [0, 0]
-    study = _study(Path(spec.results_dir))
-    trials = study.get_trials()
-    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
-    automl_dir = Path(spec.results_dir) / "automl"
-    assert all(_started_count(automl_dir / f"trial_{t.number:03d}") == 1 for t in trials)
-    assert len({t.user_attrs["pid"] for t in trials}) == 2
-    # the joining worker does not replay the first worker's suggestions
-    assert len({t.params["train.optim.lr"] for t in trials}) == 6
+    two_workers_share_one_study(tiny_spec_file, sqlite_study)
 
 
 def test_grid_skips_points_that_break_a_rule(tiny_spec_file: Path) -> None:
@@ -177,7 +115,7 @@ def test_grid_skips_points_that_break_a_rule(tiny_spec_file: Path) -> None:
         ],
     )
     out = run_search(spec, Path(spec.results_dir) / "automl", train_command=FAKE, poll_interval=0.05)
-    trials = _study(Path(spec.results_dir)).get_trials()
+    trials = sqlite_study(Path(spec.results_dir)).get_trials()
     assert out["complete"] == 2 and len(trials) == 2  # num_select=30 > num_queries=20 is never started
     assert {t.params["model.num_select"] for t in trials} == {10}
     assert {t.params["train.optim.lr"] for t in trials} == {1e-4, 3e-4}
@@ -237,9 +175,9 @@ def test_concurrent_trials_in_one_process(tiny_spec_file: Path) -> None:
         ["automl.algorithm=bayesian", "automl.max_recommendations=5", "automl.max_concurrent=2"],
     )
     out = run_search(spec, Path(spec.results_dir) / "automl", train_command=FAKE, poll_interval=0.05)
-    trials = _study(Path(spec.results_dir)).get_trials()
+    trials = sqlite_study(Path(spec.results_dir)).get_trials()
     assert out["complete"] == 5 and len(trials) == 5
     automl_dir = Path(spec.results_dir) / "automl"
-    assert all(_started_count(automl_dir / f"trial_{t.number:03d}") == 1 for t in trials)
+    assert all(started_count(automl_dir / f"trial_{t.number:03d}") == 1 for t in trials)
     starts = sorted((t.datetime_start, t.datetime_complete) for t in trials)
     assert any(b[0] < a[1] for a, b in itertools.pairwise(starts)), "no two trials overlapped"

@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
+from automl_helpers import precreate_study, sqlite_study, sqlite_url, started_count
 from ddetr.automl.storage import effective_trials
 from ddetr.spec.load import load_spec
 from ddetr.status import read_status
@@ -32,33 +32,16 @@ def _ddetr(*args: str, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "ddetr", *args], stdout=fh, stderr=subprocess.STDOUT)
 
 
-def _study(results: Path) -> optuna.Study:
-    return optuna.load_study(
-        study_name="ddetr-automl", storage=f"sqlite:///{results / 'automl' / 'study.db'}"
-    )
-
-
-def _started(trial_dir: Path) -> int:
-    return sum(e["status"] == "STARTED" for e in read_status(trial_dir / "train" / "status.json"))
-
-
 def test_hyperband_search_prunes_two_of_four_and_best_spec_trains(tiny_spec_file: Path) -> None:
     spec = load_spec(tiny_spec_file)
     results = Path(spec.results_dir)
-    (results / "automl").mkdir(parents=True)
-    study = optuna.create_study(
-        study_name="ddetr-automl",
-        storage=f"sqlite:///{results / 'automl' / 'study.db'}",
-        direction="maximize",
-    )
     # Trial 0 (untrained) always goes on; trial 1 learns and beats it; trials 2 and 3 are untrained again
     # and fall behind trial 1 after one epoch, so hyperband prunes them.
-    for lr in (1e-9, 5e-4, 1e-9, 1e-9):
-        study.enqueue_trial({"train.optim.lr": lr})
+    precreate_study(sqlite_url(results), [1e-9, 5e-4, 1e-9, 1e-9])
     log = tiny_spec_file.parent / "automl.log"
     proc = _ddetr("automl", "-e", str(tiny_spec_file), "automl.algorithm=hyperband", *LR_ONLY, log=log)
     assert proc.wait(1200) == 0, log.read_text()[-3000:]
-    states = [t.state for t in _study(results).get_trials()]
+    states = [t.state for t in sqlite_study(results).get_trials()]
     assert states.count(TrialState.PRUNED) == 2 and states.count(TrialState.COMPLETE) == 2, states
     assert states[1] == TrialState.COMPLETE
     automl_dir = results / "automl"
@@ -69,7 +52,7 @@ def test_hyperband_search_prunes_two_of_four_and_best_spec_trains(tiny_spec_file
     assert (automl_dir / "metric_vs_trial.png").is_file() and (automl_dir / "param_importances.png").is_file()
     # the pruned trials were judged on the intermediate values read from their status.json; a trial this tiny
     # may finish its 2-epoch budget before the runner's next look, so the number of validations is not pinned
-    for t in _study(results).get_trials(states=(TrialState.PRUNED,)):
+    for t in sqlite_study(results).get_trials(states=(TrialState.PRUNED,)):
         events = read_status(automl_dir / f"trial_{t.number:03d}" / "train" / "status.json")
         validations = [
             e["kpi"]["val_mAP"]
@@ -106,12 +89,13 @@ def test_resume_after_killing_a_real_search(tiny_spec_file: Path) -> None:
     time.sleep(3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert [t.state for t in _study(results).get_trials()][:2] == [TrialState.COMPLETE, TrialState.RUNNING]
+    killed = sqlite_study(results).get_trials()
+    assert [t.state for t in killed][:2] == [TrialState.COMPLETE, TrialState.RUNNING]
     again = _ddetr(*args, log=log)
     assert again.wait(1200) == 0, log.read_text()[-3000:]
-    study = _study(results)
+    study = sqlite_study(results)
     trials = study.get_trials()
-    assert _started(results / "automl" / "trial_000") == 1  # finished trial kept, not re-run
+    assert started_count(results / "automl" / "trial_000") == 1  # finished trial kept, not re-run
     assert trials[1].state == TrialState.FAIL
     assert any(t.system_attrs.get("failed_trial") == 1 and t.state == TrialState.COMPLETE for t in trials)
     assert sum(t.state == TrialState.COMPLETE for t in effective_trials(study)) == 3
@@ -132,8 +116,8 @@ def test_two_real_workers_share_a_study(tiny_spec_file: Path) -> None:
     workers = [_ddetr(*args, log=logs[i]) for i in range(2)]
     codes = [w.wait(1500) for w in workers]
     assert codes == [0, 0], [p.read_text()[-2000:] for p in logs]
-    trials = _study(results).get_trials()
+    trials = sqlite_study(results).get_trials()
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
-    assert all(_started(results / "automl" / f"trial_{t.number:03d}") == 1 for t in trials)
+    assert all(started_count(results / "automl" / f"trial_{t.number:03d}") == 1 for t in trials)
     assert len({t.user_attrs["pid"] for t in trials}) == 2
     assert os.path.isfile(results / "automl" / "leaderboard.csv")

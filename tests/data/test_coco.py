@@ -31,6 +31,13 @@ def _ann(i: int, image_id: int, bbox: list[float], cat: int = 1, **kw) -> dict:
     return {"id": i, "image_id": image_id, "bbox": bbox, "category_id": cat, **kw}
 
 
+def _one_box(json_file: Path, category_id: int, categories: list[dict]) -> Path:
+    """One 40x30 image ``a.jpg`` beside ``json_file``, with one box of ``category_id``; returns the json."""
+    _rgb().save(json_file.parent / "a.jpg")
+    image = {"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}
+    return _write_coco(json_file, [image], [_ann(1, 1, [1, 1, 4, 4], category_id)], categories)
+
+
 # ----------------------------------------------------------------------------- decoding
 
 
@@ -159,13 +166,7 @@ def test_two_sources_ids_distinct_and_mapped(small, tmp_path: Path) -> None:
 
 
 def test_category_id_too_large(tmp_path: Path) -> None:
-    _rgb().save(tmp_path / "a.jpg")
-    js = _write_coco(
-        tmp_path / "big.json",
-        [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
-        [_ann(1, 1, [1, 1, 4, 4], 7)],
-        [{"id": 7, "name": "x"}],
-    )
+    js = _one_box(tmp_path / "big.json", 7, [{"id": 7, "name": "x"}])
     with pytest.raises(DataError) as err:
         CocoDetection([(str(tmp_path), str(js))], 4, train=True)
     msg = str(err.value)
@@ -255,13 +256,7 @@ def test_bccd_real_dataset() -> None:
 
 
 def test_undeclared_category_still_in_gt(tmp_path: Path) -> None:
-    _rgb().save(tmp_path / "a.jpg")
-    js = _write_coco(
-        tmp_path / "u.json",
-        [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
-        [_ann(1, 1, [1, 1, 4, 4], 2)],
-        [{"id": 1, "name": "one"}],
-    )
+    js = _one_box(tmp_path / "u.json", 2, [{"id": 1, "name": "one"}])
     ds = CocoDetection([(str(tmp_path), str(js))], 3, train=True)
     assert ds.class_names == ["", "one", ""]
     assert [c["id"] for c in ds.coco_gt["categories"]] == [1, 2]

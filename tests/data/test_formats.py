@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,52 +45,69 @@ def _by_image(data: dict) -> dict[int, list[dict]]:
     return out
 
 
+def _write_label_files(
+    data: dict, folder: Path, suffix: str, text: Callable[[dict, list[dict]], str]
+) -> Path:
+    """One label file per image, ``<image stem><suffix>``, holding ``text(image record, its annotations)``."""
+    folder.mkdir()
+    by_image = _by_image(data)
+    for rec in data["images"]:
+        (folder / (Path(rec["file_name"]).stem + suffix)).write_text(text(rec, by_image[rec["id"]]))
+    return folder
+
+
 def _write_voc(data: dict, folder: Path) -> Path:
     """One Pascal VOC XML per image: 1-based inclusive pixel indices (xmin = x + 1, xmax = x + w)."""
-    folder.mkdir()
     names = {c["id"]: c["name"] for c in data["categories"]}
-    for rec in data["images"]:
+
+    def xml(rec: dict, anns: list[dict]) -> str:
         objects = "".join(
             f"<object><name>{names[a['category_id']]}</name><pose>Unspecified</pose><truncated>0</truncated>"
             f"<difficult>0</difficult><bndbox><xmin>{a['bbox'][0] + 1:g}</xmin><ymin>{a['bbox'][1] + 1:g}</ymin>"
             f"<xmax>{a['bbox'][0] + a['bbox'][2]:g}</xmax><ymax>{a['bbox'][1] + a['bbox'][3]:g}</ymax></bndbox>"
             "</object>\n"
-            for a in _by_image(data)[rec["id"]]
+            for a in anns
         )
-        (folder / (Path(rec["file_name"]).stem + ".xml")).write_text(
+        return (
             f"<annotation>\n<folder>JPEGImages</folder><filename>{rec['file_name']}</filename>\n"
             f"<size><width>{rec['width']}</width><height>{rec['height']}</height><depth>3</depth></size>\n"
             f"{objects}</annotation>\n"
         )
-    return folder
+
+    return _write_label_files(data, folder, ".xml", xml)
+
+
+def _write_lines(data: dict, folder: Path, line: Callable[[dict, dict], str]) -> Path:
+    """One ``<image stem>.txt`` per image: ``line(image record, annotation)`` for each of its annotations."""
+    return _write_label_files(
+        data, folder, ".txt", lambda rec, anns: "\n".join(line(rec, a) for a in anns) + "\n"
+    )
 
 
 def _write_kitti(data: dict, folder: Path) -> Path:
     """KITTI label files: type, 3 zeros, x1 y1 x2 y2 in pixels, 7 zeros (3D fields)."""
-    folder.mkdir()
     names = {c["id"]: c["name"] for c in data["categories"]}
-    for rec in data["images"]:
-        lines = [
-            f"{names[a['category_id']]} 0.00 0 0.00 {a['bbox'][0]!r} {a['bbox'][1]!r} "
-            f"{a['bbox'][0] + a['bbox'][2]!r} {a['bbox'][1] + a['bbox'][3]!r} 0.00 0.00 0.00 0.00 0.00 0.00 0.00"
-            for a in _by_image(data)[rec["id"]]
-        ]
-        (folder / (Path(rec["file_name"]).stem + ".txt")).write_text("\n".join(lines) + "\n")
-    return folder
+
+    def line(rec: dict, ann: dict) -> str:
+        x, y, w, h = ann["bbox"]
+        return f"{names[ann['category_id']]} 0.00 0 0.00 {x!r} {y!r} {x + w!r} {y + h!r} " + " ".join(
+            ["0.00"] * 7
+        )
+
+    return _write_lines(data, folder, line)
 
 
 def _write_yolo(data: dict, folder: Path) -> Path:
     """YOLO label files: class index (category id - 1), then cx cy w h normalised, 6 decimals as tools write."""
-    folder.mkdir()
-    for rec in data["images"]:
-        w, h = rec["width"], rec["height"]
-        lines = [
-            f"{a['category_id'] - 1} {(a['bbox'][0] + a['bbox'][2] / 2) / w:.6f} "
-            f"{(a['bbox'][1] + a['bbox'][3] / 2) / h:.6f} {a['bbox'][2] / w:.6f} {a['bbox'][3] / h:.6f}"
-            for a in _by_image(data)[rec["id"]]
-        ]
-        (folder / (Path(rec["file_name"]).stem + ".txt")).write_text("\n".join(lines) + "\n")
-    return folder
+
+    def line(rec: dict, ann: dict) -> str:
+        (x, y, w, h), width, height = ann["bbox"], rec["width"], rec["height"]
+        return (
+            f"{ann['category_id'] - 1} {(x + w / 2) / width:.6f} {(y + h / 2) / height:.6f} "
+            f"{w / width:.6f} {h / height:.6f}"
+        )
+
+    return _write_lines(data, folder, line)
 
 
 def _boxes(data: dict) -> list[tuple[str, str, list[float]]]:

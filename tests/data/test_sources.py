@@ -6,6 +6,7 @@ import io
 import os
 import tarfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,16 +16,25 @@ from ddetr.data.sources import resolve_file, resolve_image_dir
 from ddetr.errors import DataError
 
 
-def _add_bytes(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tf.addfile(info, io.BytesIO(data))
+@dataclass(frozen=True)
+class _Link:
+    """A tar entry that links to ``target``: a symbolic link, or a hard link with ``kind=tarfile.LNKTYPE``."""
+
+    target: str
+    kind: bytes = tarfile.SYMTYPE
 
 
-def _make_tar(path: Path, entries: dict[str, bytes], mode: str = "w:gz") -> Path:
+def _make_tar(path: Path, entries: dict[str, bytes | _Link], mode: str = "w:gz") -> Path:
+    """A tar archive of regular files (their bytes) and links, in the order given."""
     with tarfile.open(path, mode) as tf:
         for name, data in entries.items():
-            _add_bytes(tf, name, data)
+            info = tarfile.TarInfo(name)
+            if isinstance(data, _Link):
+                info.type, info.linkname = data.kind, data.target
+                tf.addfile(info)
+            else:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
     return path
 
 
@@ -116,41 +126,21 @@ def test_tar_absolute_entry_refused(tmp_path: Path) -> None:
 
 
 def test_tar_symlink_out_refused(tmp_path: Path) -> None:
-    arch = tmp_path / "link.tar.gz"
-    with tarfile.open(arch, "w:gz") as tf:
-        _add_bytes(tf, "images/a.jpg", b"A")
-        info = tarfile.TarInfo("images/passwd")
-        info.type = tarfile.SYMTYPE
-        info.linkname = "../../../../etc/passwd"
-        tf.addfile(info)
+    arch = _make_tar(
+        tmp_path / "link.tar.gz", {"images/a.jpg": b"A", "images/passwd": _Link("../../../../etc/passwd")}
+    )
     _assert_refused(arch, tmp_path / "cache", "images/passwd")
 
 
 def test_tar_absolute_symlink_and_hardlink_refused(tmp_path: Path) -> None:
-    arch = tmp_path / "abslink.tar"
-    with tarfile.open(arch, "w") as tf:
-        info = tarfile.TarInfo("images/x")
-        info.type = tarfile.SYMTYPE
-        info.linkname = "/etc/hostname"
-        tf.addfile(info)
+    arch = _make_tar(tmp_path / "abslink.tar", {"images/x": _Link("/etc/hostname")}, "w")
     _assert_refused(arch, tmp_path / "cache", "images/x")
-    arch2 = tmp_path / "hard.tar"
-    with tarfile.open(arch2, "w") as tf:
-        info = tarfile.TarInfo("images/h")
-        info.type = tarfile.LNKTYPE
-        info.linkname = "../outside"
-        tf.addfile(info)
+    arch2 = _make_tar(tmp_path / "hard.tar", {"images/h": _Link("../outside", tarfile.LNKTYPE)}, "w")
     _assert_refused(arch2, tmp_path / "cache2", "images/h")
 
 
 def test_tar_internal_symlink_allowed(tmp_path: Path) -> None:
-    arch = tmp_path / "ok.tar"
-    with tarfile.open(arch, "w") as tf:
-        _add_bytes(tf, "images/a.jpg", b"A")
-        info = tarfile.TarInfo("images/alias.jpg")
-        info.type = tarfile.SYMTYPE
-        info.linkname = "a.jpg"
-        tf.addfile(info)
+    arch = _make_tar(tmp_path / "ok.tar", {"images/a.jpg": b"A", "images/alias.jpg": _Link("a.jpg")}, "w")
     out = resolve_image_dir(str(arch), tmp_path / "cache")
     assert (out / "alias.jpg").read_bytes() == b"A"
 

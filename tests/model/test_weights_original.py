@@ -295,41 +295,41 @@ def test_disallowed_pickle_global_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def _refused_and_nothing_written(
+    path: Path, sd: dict[str, torch.Tensor], args: argparse.Namespace, match: str
+) -> None:
+    """Importing the release written from ``sd`` and ``args`` fails with ``match`` and writes no output."""
+    write_release(path, sd, args)
+    out = path.parent / "out.pth"
+    with pytest.raises(CheckpointError, match=match):
+        import_weights("original", path, out)
+    assert not out.exists()
+
+
 def test_unknown_keys_are_listed_and_nothing_written(tmp_path):
     path, sd, args = small_release(tmp_path)
     sd = dict(sd, **{"backbone.1.extra.weight": torch.zeros(3), "transformer.foo": torch.zeros(1)})
-    write_release(path, sd, args)
-    out = tmp_path / "out.pth"
-    with pytest.raises(
-        CheckpointError, match=r"2 unknown keys: backbone\.1\.extra\.weight, transformer\.foo"
-    ):
-        import_weights("original", path, out)
-    assert not out.exists() and list(tmp_path.iterdir()) == [path]
+    _refused_and_nothing_written(
+        path, sd, args, r"2 unknown keys: backbone\.1\.extra\.weight, transformer\.foo"
+    )
+    assert list(tmp_path.iterdir()) == [path]
 
 
 def test_missing_keys_are_listed_and_nothing_written(tmp_path):
     path, sd, args = small_release(tmp_path)
     del sd["transformer.level_embed"]
     del sd["input_proj.1.1.bias"]
-    write_release(path, sd, args)
-    out = tmp_path / "out.pth"
-    with pytest.raises(
-        CheckpointError, match=r"2 missing keys: transformer\.level_embed, input_proj\.1\.1\.bias"
-    ):
-        import_weights("original", path, out)
-    assert not out.exists()
+    _refused_and_nothing_written(
+        path, sd, args, r"2 missing keys: transformer\.level_embed, input_proj\.1\.1\.bias"
+    )
 
 
 def test_aliases_with_different_values_are_refused(tmp_path):
     path, sd, args = small_release(tmp_path, with_box_refine=True)
     sd["transformer.decoder.bbox_embed.1.layers.2.bias"] = sd["bbox_embed.1.layers.2.bias"] + 1
-    write_release(path, sd, args)
-    out = tmp_path / "out.pth"
-    with pytest.raises(
-        CheckpointError, match=r"shares hold different values.*bbox_embed\.1\.layers\.2\.bias"
-    ):
-        import_weights("original", path, out)
-    assert not out.exists()
+    _refused_and_nothing_written(
+        path, sd, args, r"shares hold different values.*bbox_embed\.1\.layers\.2\.bias"
+    )
 
 
 def test_args_disagreeing_with_tensors_names_the_shapes(tmp_path):

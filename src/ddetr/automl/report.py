@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ddetr.automl.runner import trial_dir_name
 from ddetr.automl.storage import retried_numbers
-from ddetr.fileio import atomic_write_bytes
+from ddetr.fileio import atomic_path, atomic_write_bytes
 from ddetr.spec.load import dump_spec, validate_spec
 from ddetr.spec.sections import Spec
 
@@ -199,7 +199,8 @@ def write_plots(study: optuna.Study, metric: str, automl_dir: Path) -> list[Path
     ax.legend(loc="best")
     fig.tight_layout()
     path = automl_dir / "metric_vs_trial.png"
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:  # rewritten after every trial: a reader never sees half an image
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     written.append(path)
 
@@ -223,7 +224,8 @@ def write_plots(study: optuna.Study, metric: str, automl_dir: Path) -> list[Path
     ax.set_title("parameter importances")
     fig.tight_layout()
     path = automl_dir / "param_importances.png"
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     written.append(path)
     return written

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ddetr.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -121,14 +122,8 @@ def _write_split(
     }
     json_file = out / "annotations" / f"{split}.json"
     json_file.parent.mkdir(parents=True, exist_ok=True)
-    _write_text(json_file, json.dumps(coco, indent=1, sort_keys=True))
+    atomic_write_text(json_file, json.dumps(coco, indent=1, sort_keys=True))
     return {"image_dir": str(image_dir), "json_file": str(json_file)}
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def generate_synthetic_dataset(
@@ -203,6 +198,6 @@ def generate_synthetic_dataset(
     logger.info("Generating synthetic dataset in %s (%d train, %d val, %dx%d)", out, num_train, num_val, w, h)
     result["train"] = _write_split(out, "train", num_train, w, h, seed, counts, sizes)
     result["val"] = _write_split(out, "val", num_val, w, h, seed, counts, sizes)
-    _write_text(out / "classmap.txt", "\n".join(CLASS_NAMES) + "\n")
-    _write_text(manifest, json.dumps(params, sort_keys=True))
+    atomic_write_text(out / "classmap.txt", "\n".join(CLASS_NAMES) + "\n")
+    atomic_write_text(manifest, json.dumps(params, sort_keys=True))
     return result

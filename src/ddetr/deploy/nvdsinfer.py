@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from ddetr.fileio import atomic_write_text
 
 
 def labels_text(class_names: Sequence[str], num_classes: int) -> str:
@@ -79,8 +74,8 @@ def write_nvdsinfer(
     """Write ``labels.txt`` and ``nvinfer_config.txt`` next to ``onnx_file``; returns both paths."""
     folder = onnx_file.parent
     labels, config = folder / "labels.txt", folder / "nvinfer_config.txt"
-    _atomic_text(labels, labels_text(class_names, num_classes))
-    _atomic_text(
+    atomic_write_text(labels, labels_text(class_names, num_classes))
+    atomic_write_text(
         config,
         nvinfer_config_text(
             onnx_file.name,

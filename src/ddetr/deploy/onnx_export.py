@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from ddetr.artefacts.card import ModelCard
 from ddetr.artefacts.onnx_file import INPUT_NAME, OUTPUT_NAMES, set_card
 from ddetr.crypto import write_bytes_atomic
 from ddetr.errors import CheckpointError, SpecError
+from ddetr.fileio import atomic_path
 from ddetr.model.detector import build_model_from_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -128,15 +130,17 @@ def export_onnx(
 
     out = Path(onnx_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
+    # the traced graph is an intermediate file (beside the output, removed whatever happens); the final file
+    # appears whole under its name, or not at all
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as work:
+        traced = Path(work) / "traced.onnx"
         with torch.no_grad(), warnings.catch_warnings():
             # shapes are fixed at export: the tracer's notes about Python ints are expected
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 wrapper,
                 (dummy,),
-                str(tmp),
+                str(traced),
                 input_names=[INPUT_NAME],
                 output_names=list(OUTPUT_NAMES),
                 opset_version=opset_version,
@@ -146,24 +150,22 @@ def export_onnx(
                 verbose=verbose,
                 custom_opsets=None if on_cpu else {_plugin_domain(): 1},
             )
-        proto = onnx.load(str(tmp))
-        card = loaded.card.evolve(
-            input_size=(width, height),
-            batch_size=batch_size if batch_size > 0 else None,
-            trt_plugin=not on_cpu,
-            quantization={**quantization, "format": "QDQ"} if quantization else None,
-            source=str(ckpt),
-        )
-        set_card(proto, card)
-        proto.doc_string = f"ddetr Deformable DETR exported from {ckpt.name}"
-        onnx.checker.check_model(proto)
-        if encryption_key:
-            write_bytes_atomic(out, proto.SerializeToString(), encryption_key)
-        else:
+        proto = onnx.load(str(traced))
+    card = loaded.card.evolve(
+        input_size=(width, height),
+        batch_size=batch_size if batch_size > 0 else None,
+        trt_plugin=not on_cpu,
+        quantization={**quantization, "format": "QDQ"} if quantization else None,
+        source=str(ckpt),
+    )
+    set_card(proto, card)
+    proto.doc_string = f"ddetr Deformable DETR exported from {ckpt.name}"
+    onnx.checker.check_model(proto)
+    if encryption_key:
+        write_bytes_atomic(out, proto.SerializeToString(), encryption_key)
+    else:
+        with atomic_path(out) as tmp:
             onnx.save(proto, str(tmp))
-            os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info(
         "Exported %s -> %s (%dx%d, batch %s, opset %d, %s attention%s).",
         ckpt,

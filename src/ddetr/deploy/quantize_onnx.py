@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ddetr.errors import SpecError
+from ddetr.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -114,14 +115,14 @@ def quantize_onnx_static(
     out = Path(onnx_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize.") as work:
-        tmp, prepared = Path(work) / "model.onnx", Path(work) / "prepared.onnx"
+        raw, prepared = Path(work) / "model.onnx", Path(work) / "prepared.onnx"
         # ONNX Runtime's own graph optimisation first: folds the backbone's frozen batch norms (Mul, Add) into
         # the convolutions, so that they are quantized as one int8 conv instead of conv + float arithmetic
         quant_pre_process(str(onnx_in), str(prepared), skip_symbolic_shape=True)
         excluded = nodes_to_exclude(onnx.load(str(prepared)), keep_float)
         quantize_static(
             str(prepared),
-            str(tmp),
+            str(raw),
             _Reader(calibration, INPUT_NAME),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(QUANTIZED_OP_TYPES),
@@ -137,7 +138,7 @@ def quantize_onnx_static(
                 "DedicatedQDQPair": True,
             },
         )
-        quantized = onnx.load(str(tmp))
+        quantized = onnx.load(str(raw))
         note = {
             "backend": "onnxruntime",
             "mode": "static_ptq",
@@ -155,7 +156,7 @@ def quantize_onnx_static(
 
             write_bytes_atomic(out, quantized.SerializeToString(), encryption_key)
         else:
-            onnx.save(quantized, str(tmp))
-            os.replace(tmp, out)
+            with atomic_path(out) as tmp:
+                onnx.save(quantized, str(tmp))
     logger.info("Quantized %s -> %s (%d nodes kept float by name).", onnx_in, out, len(excluded))
     return note

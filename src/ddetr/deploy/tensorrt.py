@@ -10,7 +10,6 @@ spec. Importing TensorRT and its plugins: :mod:`ddetr.runtime.trt`.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from ddetr.artefacts.card import ModelCard
 from ddetr.artefacts.engine_file import write_sidecar
 from ddetr.crypto import read_bytes, write_bytes_atomic
 from ddetr.errors import CheckpointError, DataError, SpecError, UnavailableError
+from ddetr.fileio import atomic_write_bytes
 from ddetr.runtime.trt import load_plugin_libraries, require_tensorrt
 
 logger = logging.getLogger(__name__)
@@ -206,9 +206,7 @@ def make_calibrator(trt: Any, batches: Iterator[np.ndarray], batch_size: int, ca
 
         def write_calibration_cache(self, cache: Any) -> None:
             if cache_file:
-                tmp = Path(f"{cache_file}.tmp{os.getpid()}")
-                tmp.write_bytes(bytes(cache))
-                os.replace(tmp, cache_file)
+                atomic_write_bytes(cache_file, bytes(cache))
 
     return _Calibrator()
 
@@ -264,9 +262,7 @@ def build_engine(settings: TrtBuildSettings, card: ModelCard, encryption_key: st
     engine.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(engine, bytes(serialized), encryption_key)
     if settings.timing_cache:
-        cache_tmp = Path(f"{settings.timing_cache}.tmp{os.getpid()}")
-        cache_tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-        os.replace(cache_tmp, settings.timing_cache)
+        atomic_write_bytes(settings.timing_cache, bytes(config.get_timing_cache().serialize()))
     write_sidecar(engine, card, asdict(settings))
     return engine
 

@@ -22,7 +22,12 @@ class BoxFormat(str, Enum):
 
 
 def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """boxes (Tensor[..., 4]) (cx, cy, w, h) -> (Tensor[..., 4]) (x1, y1, x2, y2), same units."""
+    """boxes (Tensor[..., 4]) (cx, cy, w, h) -> (Tensor[..., 4]) (x1, y1, x2, y2), same units.
+
+    Example:
+        >>> box_cxcywh_to_xyxy(torch.tensor([[10.0, 20.0, 4.0, 6.0]])).tolist()
+        [[8.0, 17.0, 12.0, 23.0]]
+    """
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
 
