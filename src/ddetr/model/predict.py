@@ -22,6 +22,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ddetr.artefacts.card import ModelCard
+from ddetr.errors import DataError
 from ddetr.model.postprocess import postprocess
 from ddetr.model.preprocess import ImageInput, preprocess_images
 
@@ -97,6 +98,24 @@ class ModulePredictor(Predictor):
     def __call__(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         out = self.model(images.to(self.device), None if mask is None else mask.to(self.device))
         return out.pred_logits.float().cpu(), out.pred_boxes.float().cpu()
+
+
+def check_input_size(card: ModelCard, images: Tensor, where: str) -> None:
+    """Raise a one-line DataError when a fixed-size artefact is given a batch of another size.
+
+    Args:
+        card: the artefact's card (``input_size`` is (width, height), or None for any size).
+        images: the batch (B, 3, H, W).
+        where: the file, for the message.
+    """
+    if card.input_size is None:
+        return
+    width, height = card.input_size
+    if tuple(images.shape[-2:]) != (height, width):
+        raise DataError(
+            f"{where}: exported for {width}x{height} input, got a batch of {images.shape[-1]}x{images.shape[-2]}; "
+            "resize to the exported size (input_width/input_height)."
+        )
 
 
 def _module_device(model: nn.Module) -> torch.device:

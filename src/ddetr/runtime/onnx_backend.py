@@ -11,8 +11,8 @@ from torch import Tensor
 
 from ddetr.artefacts.onnx_file import INPUT_NAME, OUTPUT_NAMES, read_card
 from ddetr.crypto import is_encrypted, read_bytes
-from ddetr.errors import CheckpointError, DataError, UnavailableError
-from ddetr.model.predict import Predictor
+from ddetr.errors import CheckpointError, UnavailableError
+from ddetr.model.predict import Predictor, check_input_size
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +75,7 @@ class OnnxPredictor(Predictor):
 
     def __call__(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """images (B, 3, H, W) normalised at ``card.input_size`` -> logits (B, Q, C), boxes (B, Q, 4)."""
-        if self.card.input_size is not None:
-            width, height = self.card.input_size
-            if tuple(images.shape[-2:]) != (height, width):
-                raise DataError(
-                    f"{self.path}: exported for {width}x{height} input, got a batch of "
-                    f"{images.shape[-1]}x{images.shape[-2]}; resize to the exported size (input_width/input_height)."
-                )
+        check_input_size(self.card, images, self.path)
         if mask is not None and bool(mask.any()) and not self._warned_padding:
             logger.warning(
                 "%s: padded input given to an exported model; padding is treated as image.", self.path

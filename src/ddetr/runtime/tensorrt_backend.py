@@ -10,8 +10,8 @@ from torch import Tensor
 
 from ddetr.artefacts.engine_file import read_sidecar
 from ddetr.crypto import read_bytes
-from ddetr.errors import CheckpointError, DataError
-from ddetr.model.predict import Predictor
+from ddetr.errors import CheckpointError
+from ddetr.model.predict import Predictor, check_input_size
 from ddetr.runtime.trt import load_plugin_libraries, require_tensorrt
 
 logger = logging.getLogger(__name__)
@@ -57,12 +57,7 @@ class TensorRTPredictor(Predictor):
 
     def __call__(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """images (B, 3, H, W) at ``card.input_size`` -> logits (B, Q, C), boxes (B, Q, 4) on the CPU."""
-        if self.card.input_size is not None:
-            width, height = self.card.input_size
-            if tuple(images.shape[-2:]) != (height, width):
-                raise DataError(
-                    f"{self.path}: built for {width}x{height} input, got {images.shape[-1]}x{images.shape[-2]}."
-                )
+        check_input_size(self.card, images, self.path)
         logits, boxes = [], []
         for start in range(0, images.shape[0], self.max_batch):
             chunk_logits, chunk_boxes = self._run(images[start : start + self.max_batch])
