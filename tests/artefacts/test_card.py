@@ -103,3 +103,15 @@ def test_input_size_from_the_spec_or_fixed_by_the_artefact(caplog: pytest.LogCap
     with caplog.at_level(logging.WARNING):
         assert card_for_spec(fixed, spec, "inference").input_size == (64, 64)
     assert "exported for 64x64" in caplog.text
+
+
+def test_spec_objects_keep_what_was_written(caplog: pytest.LogCaptureFixture) -> None:
+    """A Spec built in Python says what was set by assignment too; reloading it with overrides keeps that."""
+    spec = load_spec(None, [], action="inference")
+    spec.dataset.augmentation.test_random_resize = 512  # assignment: a written value
+    reloaded = load_spec(spec, [("inference.conf_threshold", 0.1)], action="inference")
+    card = _card()
+    for candidate in (spec, reloaded):
+        out = card_for_spec(card, candidate, "inference")
+        assert out.shortest_side == 512 and out.num_select == 30 and out.mean == card.mean
+    assert "num_select" not in reloaded.model.model_fields_set  # a default stays unset through the reload

@@ -58,7 +58,7 @@ def tiny_spec_dict(data: dict[str, Any], results_dir: Path) -> dict[str, Any]:
                 "random_resize_max_size": 128,
             },
         },
-        "train": {"num_epochs": 2, "optim": {"lr_steps": [100]}, "activation_checkpoint": False},
+        "train": {"num_epochs": 2, "optim": {"lr_steps": [100]}},
         "automl": {"max_epochs": 2, "max_recommendations": 4},
     }
 

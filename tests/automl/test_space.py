@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from ddetr.automl.space import (
     ConstraintViolation,
+    all_fields,
     apply_values,
     build_space,
     default_hyperparameters,
@@ -21,6 +23,7 @@ from ddetr.automl.space import (
 )
 from ddetr.errors import SpecError
 from ddetr.spec.load import load_spec
+from ddetr.spec.sections import AugmentationSection, ModelSection, OptimSection
 
 # docs/SPEC.md, "Fields AutoML searches by default"
 SPEC_TABLE = {
@@ -233,12 +236,46 @@ def test_searchable_fields_exclude_never_searched() -> None:
     fields = searchable_fields()
     for name in (
         "model.hidden_dim",
+        "model.nheads",
+        "model.num_feature_levels",
         "dataset.augmentation.scales",
+        "dataset.augmentation.test_random_resize",
         "dataset.workers",
         "dataset.eval_class_ids",
+        "train.optim.monitor_name",
     ):
         assert name not in fields
     assert "model.dropout_ratio" in fields and "train.optim.lr" in fields
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "path"),
+    [
+        (ModelSection, "hidden_dim", "model.hidden_dim"),
+        (ModelSection, "nheads", "model.nheads"),
+        (ModelSection, "num_feature_levels", "model.num_feature_levels"),
+        (AugmentationSection, "test_random_resize", "dataset.augmentation.test_random_resize"),
+        (OptimSection, "monitor_name", "train.optim.monitor_name"),
+    ],
+)
+def test_never_searched_comes_from_the_field_metadata(
+    monkeypatch: pytest.MonkeyPatch, section: type, name: str, path: str
+) -> None:
+    """Without its ``never_searched`` flag, the same field becomes searchable: the space reads the metadata."""
+    assert path not in searchable_fields()
+    info = section.model_fields[name]
+    meta = dict(info.json_schema_extra or {})
+    reason = meta.pop("never_searched")
+    monkeypatch.setattr(info, "json_schema_extra", meta or None)
+    all_fields.cache_clear()
+    try:
+        assert path in searchable_fields()
+    finally:
+        monkeypatch.undo()
+        all_fields.cache_clear()
+    assert path not in searchable_fields()
+    with pytest.raises(SpecError, match=re.escape(f"cannot be searched: {reason}")):
+        build_space(load_spec(None, [f"automl.hyperparameters=[{path}]"]))
 
 
 @pytest.mark.parametrize(("sampler", "expected"), [("tpe", "TPESampler"), ("gp", "GPSampler")])

@@ -174,7 +174,11 @@ def test_transformer_ignores_padding() -> None:
 @pytest.mark.parametrize(
     ("fields", "num_classes", "message"),
     [
-        (dict(num_feature_levels=3), NUM_CLASSES, "return_interm_indices.*4 entries.*num_feature_levels=3"),
+        (
+            dict(num_feature_levels=3),
+            NUM_CLASSES,
+            "return_interm_indices.*4 entries.*num_feature_levels is 3",
+        ),
         (dict(num_select=30), NUM_CLASSES, "num_select: 30 must be < .*10 \\* 3"),
         (dict(hidden_dim=64, nheads=6), NUM_CLASSES, "hidden_dim: 64 .*nheads=6"),
         (dict(hidden_dim=48, nheads=4), NUM_CLASSES, "hidden_dim: 48 .* multiple of 32"),

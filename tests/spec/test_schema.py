@@ -33,6 +33,8 @@ def test_template_comments_come_from_field_metadata():
     assert "inert" in line
     line = next(ln for ln in text.splitlines() if ln.strip().startswith("enc_layers:"))
     assert "AutoML" in line
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith("hidden_dim:"))
+    assert "never searched by AutoML" in line
 
 
 def test_template_writes_given_values(tmp_path):

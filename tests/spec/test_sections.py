@@ -131,6 +131,34 @@ def test_automl_table_of_spec_md_is_field_metadata():
     assert "automl" not in field_meta(ModelSection, "hidden_dim")
 
 
+def test_automl_never_searched_fields_are_field_metadata():
+    from pydantic import BaseModel
+
+    def flagged(model: type[BaseModel], prefix: str = "") -> set[str]:
+        found = set()
+        for name, info in model.model_fields.items():
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                found |= flagged(info.annotation, f"{prefix}{name}.")
+            elif field_meta(model, name).get("never_searched"):
+                found.add(f"{prefix}{name}")
+        return found
+
+    # docs/automl.md, "Never searched"
+    assert flagged(Spec) == {
+        "model.hidden_dim",
+        "model.nheads",
+        "model.return_interm_indices",
+        "model.num_feature_levels",
+        "dataset.augmentation.scales",
+        "dataset.augmentation.test_random_resize",
+        "dataset.eval_class_ids",
+        "dataset.workers",
+        "dataset.num_classes",
+        "train.optim.monitor_name",
+    }
+    assert "must divide model.hidden_dim" in field_meta(ModelSection, "nheads")["never_searched"]
+
+
 def test_inert_fields_are_marked():
     from ddetr.spec.sections import DatasetSection, WandbSection
 
@@ -138,6 +166,26 @@ def test_inert_fields_are_marked():
     assert field_meta(DatasetSection, "dataset_type")["inert"] is True
     assert all(field_meta(WandbSection, n).get("inert") for n in WandbSection.model_fields)
     assert field_meta(Spec, "model_name")["inert"] is True
+    # fields nothing reads (their TAO meaning is not implemented)
+    from ddetr.spec.sections import (
+        AugmentationSection,
+        CudnnSection,
+        EvaluateSection,
+        ExportSection,
+        GenTrtEngineSection,
+        InferenceSection,
+        TrainSection,
+    )
+
+    assert all(field_meta(CudnnSection, n).get("inert") for n in CudnnSection.model_fields)
+    assert field_meta(TrainSection, "activation_checkpoint")["inert"] is True
+    assert field_meta(AugmentationSection, "fixed_padding")["inert"] is True
+    assert field_meta(InferenceSection, "is_internal")["inert"] is True
+    for section in (EvaluateSection, InferenceSection):
+        assert field_meta(section, "gpu_ids")["inert"] is True
+    for section in (ExportSection, GenTrtEngineSection):
+        assert field_meta(section, "gpu_id")["inert"] is True
+    assert "inert" not in field_meta(TrainSection, "gpu_ids")  # the trainer reads it
     assert "inert" not in field_meta(ModelSection, "num_select")
 
 

@@ -217,11 +217,9 @@ _SPEC_FIELDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _section(spec: BaseModel, path: str) -> BaseModel | None:
+def _section(spec: BaseModel, path: str) -> BaseModel:
     node: Any = spec
     for part in path.split("."):
-        if part not in node.model_fields_set:
-            return None  # the section itself was not written: none of its fields is set
         node = getattr(node, part)
     return node
 
@@ -246,7 +244,7 @@ def card_for_spec(card: ModelCard, spec: Spec, action: str | None = None) -> Mod
     differing: list[str] = []
     for attr, (path, name) in _SPEC_FIELDS.items():
         section = _section(spec, path)
-        if section is None or name not in section.model_fields_set:
+        if name not in section.model_fields_set:  # written in the file, by an override or by assignment
             continue
         value = getattr(section, name)
         value = _triple(value) if attr in ("mean", "std") else int(value)

@@ -31,7 +31,7 @@ from ddetr.status import StatusLogger
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Search", "make_pruner", "make_sampler", "prepare_search", "run_search"]
+__all__ = ["Search", "check_search", "make_pruner", "make_sampler", "prepare_search", "run_search"]
 
 WAIT_POLL = 2.0  # seconds between looks at the queue while other workers finish
 
@@ -101,18 +101,15 @@ class Search:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def prepare_search(
-    spec: Spec,
-    automl_dir: Path,
-    *,
-    heartbeat_interval: int = st.HEARTBEAT_INTERVAL,
-    grace_period: int = st.GRACE_PERIOD,
-) -> Search:
-    """Check the ``automl`` section and open the study, before any trial runs.
+def check_search(spec: Spec) -> tuple[SearchSpace, list[dict[str, Any]] | None]:
+    """The checks of the search that need the spec alone; ``ddetr automl`` runs them before making any folder.
+
+    Returns:
+        The search space, and (``algorithm: grid``) the grid points that keep the rules, else ``None``.
 
     Raises:
-        SpecError: an unknown hyperparameter, a bad range, an unreachable storage, a base spec that breaks a
-            rule, or an empty grid.
+        SpecError: no results_dir, an unknown hyperparameter, a bad range, a base spec that breaks a rule, or
+            an empty grid.
     """
     if not is_set(spec.results_dir):
         raise SpecError("results_dir is not set; automl writes its trials under <results_dir>/automl")
@@ -125,6 +122,22 @@ def prepare_search(
         fixed = grid_points(space, spec)
         if not fixed:
             raise SpecError("automl: every combination of the grid's values breaks a rule; widen the values")
+    return space, fixed
+
+
+def prepare_search(
+    spec: Spec,
+    automl_dir: Path,
+    *,
+    heartbeat_interval: int = st.HEARTBEAT_INTERVAL,
+    grace_period: int = st.GRACE_PERIOD,
+) -> Search:
+    """Check the ``automl`` section (:func:`check_search`) and open the study, before any trial runs.
+
+    Raises:
+        SpecError: see :func:`check_search`, or an unreachable storage.
+    """
+    space, fixed = check_search(spec)
     url = st.storage_url(spec.automl.storage, automl_dir)
     storage = st.open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     name = spec.automl.study_name.strip() or st.DEFAULT_STUDY_NAME

@@ -22,7 +22,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from ddetr.errors import SpecError
-from ddetr.spec.load import check_rules, validate_spec
+from ddetr.spec.load import validate_spec
+from ddetr.spec.rules import check_rules
 from ddetr.spec.sections import AutomlSection, Spec, field_meta
 
 __all__ = [
@@ -39,21 +40,6 @@ __all__ = [
 # Fields a user may add to automl.hyperparameters beyond the default ones: scalar fields under these prefixes.
 _EXTRA_PREFIXES = ("model.", "dataset.augmentation.", "train.optim.")
 _EXTRA_FIELDS = ("dataset.batch_size", "train.clip_grad_norm")
-# Never searched (docs/SPEC.md), or searching them breaks another field's rule or changes no accuracy.
-NEVER_SEARCHED = frozenset(
-    {
-        "model.hidden_dim",
-        "model.nheads",  # must divide hidden_dim
-        "model.return_interm_indices",
-        "model.num_feature_levels",  # must equal len(return_interm_indices)
-        "dataset.augmentation.scales",
-        "dataset.augmentation.test_random_resize",
-        "dataset.eval_class_ids",
-        "dataset.workers",
-        "dataset.num_classes",
-        "train.optim.monitor_name",
-    }
-)
 # An open upper end of a search range (``automl_range=(1, None)``) becomes this multiple of the spec's value.
 OPEN_END_FACTOR = 4
 # A float range starting at 0 with a "> 0" condition samples log-uniformly when the spec's value sits in the
@@ -168,7 +154,7 @@ def searchable_fields() -> dict[str, FieldSpec]:
     """Fields ``automl.hyperparameters`` may name: the default ones plus other scalar tuning fields."""
     out: dict[str, FieldSpec] = {}
     for path, (info, meta) in all_fields().items():
-        if path in NEVER_SEARCHED or meta.get("inert"):
+        if meta.get("never_searched") or meta.get("inert"):  # field metadata, spec/sections.py
             continue
         if not (meta.get("automl") or path.startswith(_EXTRA_PREFIXES) or path in _EXTRA_FIELDS):
             continue
@@ -493,7 +479,9 @@ def build_space(spec: Spec) -> SearchSpace:
         names = [p for p in overrides if p in fields] if grid else default_hyperparameters()
     for name in names:
         if name not in fields:
-            known = "it does not exist" if name not in all_fields() else "it cannot be searched"
+            meta = all_fields()[name][1] if name in all_fields() else None
+            reason = f": {meta['never_searched']}" if meta and meta.get("never_searched") else ""
+            known = "it does not exist" if meta is None else f"it cannot be searched{reason}"
             raise SpecError(
                 f"automl.hyperparameters: {name!r} is not a searchable field ({known}); searchable fields "
                 f"are listed in docs/automl.md, e.g. {', '.join(default_hyperparameters()[:4])}"
@@ -532,7 +520,7 @@ def apply_values(base: Spec, values: Mapping[str, Any], extra: Mapping[str, Any]
             node = node[part]
         node[parts[-1]] = value
     spec = validate_spec(data)
-    check_rules(spec)
+    check_rules(spec, "train")  # every trial trains
     return spec
 
 
@@ -545,7 +533,7 @@ def violations(spec: Spec) -> list[str]:
             if not b.holds(values[path], values):
                 found.append(f"{path}={values[path]} breaks {b.text()} (= {b.evaluate(values):g})")
     try:
-        check_rules(spec)
+        check_rules(spec, "train")
     except SpecError as exc:
         found.append(str(exc))
     return found

@@ -18,29 +18,28 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ddetr.errors import CheckpointError, SpecError
+from ddetr.spec.rules import (
+    BASIC_BLOCK_RESNETS,
+    GC_VIT_BACKBONES,
+    RESNET_BACKBONES,
+    TIMM_PREFIX,
+    check_backbone,
+)
 from ddetr.spec.sections import ModelSection
 
 logger = logging.getLogger(__name__)
 
 NUM_STAGES = 4
 
+# The names the spec accepts are defined in ddetr.spec.rules; here, torchvision's name and the stage channels
+# of each ResNet.
 RESNETS: dict[str, tuple[str, list[int]]] = {
-    "resnet_18": ("resnet18", [64, 128, 256, 512]),
-    "resnet_34": ("resnet34", [64, 128, 256, 512]),
-    "resnet_50": ("resnet50", [256, 512, 1024, 2048]),
-    "resnet_101": ("resnet101", [256, 512, 1024, 2048]),
+    name: (
+        name.replace("_", ""),
+        [64, 128, 256, 512] if name in BASIC_BLOCK_RESNETS else [256, 512, 1024, 2048],
+    )
+    for name in RESNET_BACKBONES
 }
-# TAO's GC-ViT names -> timm's. timm has no "large" GC-ViT (TAO's is its own configuration).
-GC_VITS: dict[str, str | None] = {
-    "gc_vit_xxtiny": "gcvit_xxtiny",
-    "gc_vit_xtiny": "gcvit_xtiny",
-    "gc_vit_tiny": "gcvit_tiny",
-    "gc_vit_small": "gcvit_small",
-    "gc_vit_base": "gcvit_base",
-    "gc_vit_large": None,
-}
-TIMM_PREFIX = "timm:"
-VALID_NAMES = [*RESNETS, *GC_VITS, f"{TIMM_PREFIX}<name>"]
 
 
 class LiveBatchNorm2d(nn.BatchNorm2d):
@@ -173,11 +172,6 @@ def _exporting() -> bool:
 
 def _resnet(model: ModelSection, stages: list[int]) -> Backbone:
     tv_name, channels = RESNETS[model.backbone]
-    if model.dilation and model.backbone in ("resnet_18", "resnet_34"):
-        raise SpecError(
-            f"model.dilation: true is not supported by {model.backbone} (basic blocks cannot dilate); "
-            "use resnet_50/resnet_101 or set model.dilation=false."
-        )
     frozen = model.freeze_backbone_bn
     net = getattr(torchvision.models, tv_name)(
         weights=None,
@@ -241,25 +235,19 @@ def build_backbone(model: ModelSection) -> Backbone:
     Loads ``model.pretrained_backbone_path`` when set.
 
     Raises:
-        SpecError: unknown backbone name, or stages/dilation the backbone cannot provide.
+        SpecError: unknown backbone name (the spec's rule, :func:`ddetr.spec.rules.check_backbone`), a timm
+            name timm does not know, or stages/dilation the backbone cannot provide.
         CheckpointError: the pretrained backbone file is unreadable or does not fit.
     """
+    check_backbone(model)
     stages, _ = split_levels(model.return_interm_indices)
     name = model.backbone
     if name in RESNETS:
         backbone = _resnet(model, stages)
-    elif name in GC_VITS:
-        timm_name = GC_VITS[name]
-        if timm_name is None:
-            available = ", ".join(k for k, v in GC_VITS.items() if v is not None)
-            raise SpecError(f"model.backbone: '{name}' is not available in timm; use one of {available}.")
-        backbone = _timm(model, timm_name, stages)
-    elif name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX):
-        backbone = _timm(model, name[len(TIMM_PREFIX) :], stages)
-    else:
-        raise SpecError(
-            f"model.backbone: unknown backbone '{name}'; valid names are {', '.join(VALID_NAMES)}."
-        )
+    elif name in GC_VIT_BACKBONES:
+        backbone = _timm(model, GC_VIT_BACKBONES[name], stages)
+    else:  # timm:<name> (check_backbone accepts nothing else)
+        backbone = _timm(model, name.removeprefix(TIMM_PREFIX), stages)
     if model.pretrained_backbone_path:
         load_backbone_weights(backbone, model.pretrained_backbone_path)
     return backbone

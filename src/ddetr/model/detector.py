@@ -21,25 +21,16 @@ from torch import Tensor, nn
 from ddetr.artefacts.card import ModelCard
 from ddetr.artefacts.checkpoint import LoadedCheckpoint, load_checkpoint, load_into_model
 from ddetr.errors import SpecError
-from ddetr.model.backbone import (
-    GC_VITS,
-    RESNETS,
-    TIMM_PREFIX,
-    VALID_NAMES,
-    Backbone,
-    build_backbone,
-    split_levels,
-)
+from ddetr.model.backbone import Backbone, build_backbone
 from ddetr.model.outputs import DetectionOutput, LayerPrediction
 from ddetr.model.position import PositionEmbeddingSine
 from ddetr.model.predict import Detections, ModulePredictor, predict_images
 from ddetr.model.preprocess import ImageInput
 from ddetr.model.transformer import DeformableTransformer, inverse_sigmoid
+from ddetr.spec.rules import GROUP_NORM_GROUPS, check_model_section
 from ddetr.spec.sections import ModelSection
 
 logger = logging.getLogger(__name__)
-
-GROUP_NORM_GROUPS = 32
 
 
 class MLP(nn.Module):
@@ -55,60 +46,6 @@ class MLP(nn.Module):
         for index, layer in enumerate(self.layers):
             x = layer(x) if index == len(self.layers) - 1 else F.relu(layer(x))
         return x
-
-
-def validate_model_section(model: ModelSection, num_classes: int) -> None:
-    """Cross-field checks of the architecture, before anything is built.
-
-    Raises:
-        SpecError: one line naming the fields and their values.
-    """
-    indices = list(model.return_interm_indices)
-    if len(indices) != model.num_feature_levels:
-        raise SpecError(
-            f"model.return_interm_indices: has {len(indices)} entries {indices} but model.num_feature_levels="
-            f"{model.num_feature_levels}; they must be equal."
-        )
-    stages, extra = split_levels(indices)
-    if (
-        not stages
-        or min(indices) < 0
-        or stages != sorted(set(stages))
-        or indices != stages + list(range(4, 4 + extra))
-    ):
-        raise SpecError(
-            f"model.return_interm_indices: {indices} is invalid; give increasing backbone stages in 0..3 "
-            "followed by 4, 5, ... for extra stride-2 levels, e.g. [1, 2, 3, 4]."
-        )
-    if num_classes < 1:
-        raise SpecError(f"dataset.num_classes: must be >= 1, got {num_classes}.")
-    if model.num_select >= model.num_queries * num_classes:
-        raise SpecError(
-            f"model.num_select: {model.num_select} must be < model.num_queries * num_classes = "
-            f"{model.num_queries} * {num_classes} = {model.num_queries * num_classes}."
-        )
-    if model.hidden_dim % model.nheads != 0:
-        raise SpecError(
-            f"model.hidden_dim: {model.hidden_dim} must be divisible by model.nheads={model.nheads}."
-        )
-    if model.hidden_dim % GROUP_NORM_GROUPS != 0:
-        raise SpecError(
-            f"model.hidden_dim: {model.hidden_dim} must be a multiple of {GROUP_NORM_GROUPS} "
-            "(the input projections use GroupNorm(32))."
-        )
-    if model.two_stage and not model.with_box_refine:
-        raise SpecError(
-            "model.two_stage: true needs model.with_box_refine: true (as in the original release); "
-            "set model.with_box_refine=true."
-        )
-    name = model.backbone
-    known = (
-        name in RESNETS or name in GC_VITS or (name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX))
-    )
-    if not known:
-        raise SpecError(
-            f"model.backbone: unknown backbone '{name}'; valid names are {', '.join(VALID_NAMES)}."
-        )
 
 
 class DeformableDETR(nn.Module):
@@ -207,10 +144,12 @@ class DeformableDETR(nn.Module):
         ``card`` is kept as ``self.card`` (see the class arguments).
 
         Raises:
-            SpecError: inconsistent architecture fields (checked before any module is built).
+            SpecError: inconsistent architecture fields (``ddetr.spec.rules.check_model_section``, the rules
+                the spec loader applies; checked again here, before any module is built, for a section made
+                in Python or read from a checkpoint).
             CheckpointError: ``model.pretrained_backbone_path`` unreadable or not fitting.
         """
-        validate_model_section(model, num_classes)
+        check_model_section(model, num_classes)
         backbone = build_backbone(model)
         transformer = DeformableTransformer(
             d_model=model.hidden_dim,

@@ -2,8 +2,8 @@
 
 Every problem is reported as a one-line :class:`~ddetr.errors.SpecError` before any work starts: a missing
 file, an unknown key (with the closest valid name), a wrong type, a value out of range (with the allowed
-range), and the cross-field rules of docs/SPEC.md. Inert fields set to non-default values are named in one
-warning line.
+range), and the cross-field rules of docs/SPEC.md (``ddetr.spec.rules``). Inert fields set to non-default values
+are named in one warning line.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from ddetr.errors import SpecError
 from ddetr.fileio import atomic_write_text
+from ddetr.spec.rules import TRAINING_ACTIONS, check_rules
 from ddetr.spec.sections import ModelSection, Spec, field_meta
 
 logger = logging.getLogger(__name__)
@@ -65,9 +66,6 @@ def _yaml_load(text: str, source: str) -> Any:
 # ----------------------------------------------------------------------------------------------- loading
 
 
-TRAINING_ACTIONS = ("train", "automl")  # the actions check_rules' warnings are about
-
-
 def load_spec(
     path: str | Path | Spec | None,
     overrides: Sequence[str | tuple[str, Any]] = (),
@@ -81,8 +79,11 @@ def load_spec(
         overrides: Dotted ``key=value`` strings applied after the file, values parsed as YAML
             (``train.optim.lr_steps=[30,45]``, ``dataset.train_data_sources=[{image_dir: a, json_file: b}]``),
             or ``(dotted key, value)`` pairs whose value is used as it is (the Python API's keywords).
-        action: the action the spec is for; the training-only warnings (``lr_steps`` that never decay) are
-            logged for ``train``/``automl`` and when ``None`` (unknown), not for evaluate, export, ...
+        action: the action the spec is for. ``train``/``automl`` and ``None`` (unknown) check every rule of the
+            model section (they build the model from it: ``ddetr.spec.rules.check_model_section``); the other
+            actions take the architecture from a checkpoint and check only the model rules every action keeps.
+            The training-only warnings (``lr_steps`` that never decay) are logged for ``train``/``automl`` and
+            ``None``, not for evaluate, export, ...
 
     Returns:
         The validated spec.
@@ -92,7 +93,8 @@ def load_spec(
     """
     data: dict[str, Any] = {}
     if isinstance(path, Spec):
-        data = path.model_dump()
+        # only what was written: a default left untouched stays "not set" (the model card rule depends on it)
+        data = explicit_fields(path)
     elif path is not None:
         p = Path(path)
         if not p.is_file():
@@ -111,7 +113,7 @@ def load_spec(
             apply_override(data, item)
     data = resolve_interpolations(data)
     spec = validate_spec(data)
-    warnings = check_rules(spec)
+    warnings = check_rules(spec, action)
     if action in (None, *TRAINING_ACTIONS):
         for warning in warnings:
             logger.warning(warning)
@@ -120,6 +122,21 @@ def load_spec(
         shown = ", ".join(f"{k}={v!r}" for k, v in inert.items())
         logger.warning(f"inert fields (accepted for TAO compatibility, no effect here): {shown}")
     return spec
+
+
+def explicit_fields(section: BaseModel) -> dict[str, Any]:
+    """The fields of ``section`` that were written (by a file, an override or an assignment), nested sections
+    included when any field inside them was, as plain data; defaults left untouched are not in it."""
+    out: dict[str, Any] = {}
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            inner = explicit_fields(value)
+            if inner or name in section.model_fields_set:
+                out[name] = inner
+        elif name in section.model_fields_set:
+            out[name] = section.model_dump(mode="python", include={name})[name]
+    return out
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -385,58 +402,7 @@ def _describe(owner: type[BaseModel] | None, field: str | None) -> str:
     return owner.model_fields[field].description or "see docs/SPEC.md"
 
 
-# ------------------------------------------------------------------------------------- cross-field rules
-
-
-def check_rules(spec: Spec) -> list[str]:
-    """Apply the cross-field rules of docs/SPEC.md.
-
-    Returns:
-        Warning lines (the caller logs them).
-
-    Raises:
-        SpecError: a rule is broken.
-    """
-    m, d = spec.model, spec.dataset
-    limit = m.num_queries * d.num_classes
-    if m.num_select >= limit:
-        raise SpecError(
-            f"model.num_select: {m.num_select} must be < model.num_queries * dataset.num_classes "
-            f"= {m.num_queries} * {d.num_classes} = {limit}; lower it, e.g. model.num_select={min(300, limit - 1)}"
-        )
-    if len(m.return_interm_indices) != m.num_feature_levels:
-        raise SpecError(
-            f"model.return_interm_indices {m.return_interm_indices} has {len(m.return_interm_indices)} entries "
-            f"but model.num_feature_levels is {m.num_feature_levels}; they must match, e.g. "
-            f"model.num_feature_levels={len(m.return_interm_indices)}"
-        )
-    bad = [i for i in m.return_interm_indices if not 0 <= i <= 4]
-    if bad:
-        raise SpecError(
-            f"model.return_interm_indices {m.return_interm_indices}: indices must be in 0..4 "
-            f"(backbone stages 0..3, 4 = extra conv), got {bad}"
-        )
-    aug = d.augmentation
-    if aug.train_random_crop_max <= aug.train_random_crop_min:
-        raise SpecError(
-            f"dataset.augmentation.train_random_crop_max ({aug.train_random_crop_max}) must be > "
-            f"dataset.augmentation.train_random_crop_min ({aug.train_random_crop_min}); raise the max or lower the min"
-        )
-    if d.eval_class_ids is not None:
-        out = [i for i in d.eval_class_ids if not 0 <= i < d.num_classes]
-        if out:
-            raise SpecError(
-                f"dataset.eval_class_ids {d.eval_class_ids}: ids {out} are outside 0..{d.num_classes - 1} "
-                f"(dataset.num_classes = {d.num_classes})"
-            )
-    warnings: list[str] = []
-    optim, n_epochs = spec.train.optim, spec.train.num_epochs
-    if optim.lr_scheduler == "MultiStep" and optim.lr_steps and all(s >= n_epochs for s in optim.lr_steps):
-        warnings.append(
-            f"train.optim.lr_steps {optim.lr_steps} are all >= train.num_epochs ({n_epochs}): "
-            "the learning rate never decays"
-        )
-    return warnings
+# ------------------------------------------------------------------------------------------- inert fields
 
 
 def inert_fields_set(spec: BaseModel, prefix: str = "") -> dict[str, Any]:

@@ -31,7 +31,7 @@ ACTION_SECTIONS: dict[str, tuple[str, ...]] = {
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON schema of the whole spec; ddetr's field metadata (automl, inert, ...) is included."""
+    """The JSON schema of the whole spec; ddetr's field metadata (automl, never_searched, inert, ...) is included."""
     return Spec.model_json_schema()
 
 
@@ -85,6 +85,8 @@ def _comment(model: type[BaseModel], name: str) -> str:
         parts.append("inert: accepted for TAO compatibility, no effect")
     if meta.get("automl"):
         parts.append("searched by AutoML")
+    if meta.get("never_searched"):
+        parts.append("never searched by AutoML")
     return "  # " + "; ".join(parts) if parts else ""
 
 

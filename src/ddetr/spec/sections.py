@@ -1,8 +1,9 @@
 """The experiment spec, one pydantic model per section (docs/SPEC.md is the reference).
 
 Field metadata lives here and only here: ranges (``ge``/``le``/``gt``), whether AutoML searches a field
-(``automl``, with its own search range ``automl_range`` when narrower than the validation range), and
-whether a field is inert (accepted so that TAO spec files load, without effect).
+(``automl``, with its own search range ``automl_range`` when narrower than the validation range) or must never
+search it (``never_searched``, with the reason), and whether a field is inert (accepted so that TAO spec files
+load, without effect). The cross-field rules are in ``spec/rules.py``.
 
 Conventions shared by every section:
 
@@ -34,6 +35,7 @@ def spec_field(
     automl: bool = False,
     automl_range: tuple[float, float | None] | None = None,
     condition: str = "",
+    never_searched: str = "",
     inert: bool = False,
     **constraints: Any,
 ) -> Any:
@@ -46,6 +48,8 @@ def spec_field(
         automl_range: ``(low, high)`` search range when narrower than the validation range;
             ``high`` may be ``None`` for an open end.
         condition: An extra constraint AutoML must respect (e.g. ``"> train_random_crop_min"``).
+        never_searched: Why AutoML never searches this field, even when ``automl.hyperparameters`` names it
+            (empty: it may be searched).
         inert: Accepted so that TAO spec files load; has no effect (the loader warns when it is set).
         **constraints: pydantic constraints (``ge``, ``le``, ``gt``, ``lt``, ...).
     """
@@ -56,6 +60,8 @@ def spec_field(
         extra["automl_range"] = list(automl_range)
     if condition:
         extra["condition"] = condition
+    if never_searched:
+        extra["never_searched"] = never_searched
     if inert:
         extra["inert"] = True
     kwargs: dict[str, Any] = dict(constraints)
@@ -69,7 +75,7 @@ def spec_field(
 
 
 def field_meta(section: type[BaseModel], name: str) -> dict[str, Any]:
-    """ddetr metadata of one field (``automl``, ``automl_range``, ``condition``, ``inert``), maybe empty."""
+    """ddetr metadata of one field (``automl``, ``automl_range``, ``condition``, ``never_searched``, ...)."""
     extra = section.model_fields[name].json_schema_extra
     return dict(extra) if isinstance(extra, dict) else {}
 
@@ -114,14 +120,29 @@ class ModelSection(Section):
     num_queries: int = spec_field(
         300, ge=1, automl=True, automl_range=(100, 900), description="object queries"
     )
-    num_feature_levels: int = spec_field(4, ge=1, le=5, description="feature levels fed to the transformer")
+    num_feature_levels: int = spec_field(
+        4,
+        ge=1,
+        le=5,
+        never_searched="must equal len(model.return_interm_indices)",
+        description="feature levels fed to the transformer",
+    )
     return_interm_indices: list[int] = spec_field(
-        [1, 2, 3, 4], description="backbone stages used (0..3); 4 = extra stride-2 3x3 conv on the last stage"
+        [1, 2, 3, 4],
+        never_searched="must match model.num_feature_levels",
+        description="backbone stages used (0..3); 4 = extra stride-2 3x3 conv on the last stage",
     )
     with_box_refine: bool = spec_field(True, description="iterative bounding box refinement")
     two_stage: bool = spec_field(False, description="(+) two-stage variant: encoder proposals as queries")
-    hidden_dim: int = spec_field(256, ge=8, description="transformer width")
-    nheads: int = spec_field(8, ge=1, description="attention heads")
+    hidden_dim: int = spec_field(
+        256,
+        ge=8,
+        never_searched="must stay a multiple of 32 and of model.nheads",
+        description="transformer width",
+    )
+    nheads: int = spec_field(
+        8, ge=1, never_searched="must divide model.hidden_dim", description="attention heads"
+    )
     enc_layers: int = spec_field(6, ge=1, le=12, automl=True)
     dec_layers: int = spec_field(6, ge=1, le=12, automl=True)
     dim_feedforward: int = spec_field(1024, ge=1)
@@ -173,9 +194,6 @@ class ModelSection(Section):
     )
 
 
-BackboneName = Literal["resnet_18", "resnet_34", "resnet_50", "resnet_101"]
-
-
 class WandbSection(Section):
     """``wandb``: Weights & Biases logging. Inert: accepted so that TAO files load."""
 
@@ -216,6 +234,7 @@ class AugmentationSection(Section):
 
     scales: list[int] = spec_field(
         [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800],
+        never_searched="a list of sizes",
         description="random shortest-side resize sizes",
     )
     input_mean: list[float] = spec_field(list(IMAGENET_MEAN), description="per-channel RGB mean")
@@ -232,8 +251,15 @@ class AugmentationSection(Section):
         description="must be > train_random_crop_min",
     )
     random_resize_max_size: int = spec_field(1333, ge=1, description="longest side cap after resizing")
-    test_random_resize: int = spec_field(800, ge=1, description="shortest side at evaluation and inference")
-    fixed_padding: bool = spec_field(True, description="pad every batch to the largest possible size")
+    test_random_resize: int = spec_field(
+        800,
+        ge=1,
+        never_searched="trials must be scored at the same size",
+        description="shortest side at evaluation and inference",
+    )
+    fixed_padding: bool = spec_field(
+        True, inert=True, description="TAO: pad every batch to the largest possible size"
+    )
     fixed_random_crop: int | None = spec_field(None, ge=1, description="square large-scale-jitter crop size")
 
 
@@ -244,12 +270,24 @@ def _wrap_single_source(value: Any) -> Any:
 class DatasetSection(Section):
     """``dataset``: where the images and annotations are, and how they are loaded."""
 
-    num_classes: int = spec_field(91, ge=1, description="largest category id + 1 (id 0 unused)")
+    num_classes: int = spec_field(
+        91,
+        ge=1,
+        never_searched="a property of the data",
+        description="largest category id + 1 (id 0 unused)",
+    )
     eval_class_ids: list[int] | None = spec_field(
-        None, description="category ids COCOeval scores; null = all"
+        None,
+        never_searched="decides what the metric measures",
+        description="category ids COCOeval scores; null = all",
     )
     batch_size: int = spec_field(4, ge=1, automl=True, automl_range=(1, None), description="per device")
-    workers: int = spec_field(8, ge=0, description="data loader processes; capped to the machine's cores")
+    workers: int = spec_field(
+        8,
+        ge=0,
+        never_searched="changes speed, not accuracy",
+        description="data loader processes; capped to the machine's cores",
+    )
     pin_memory: bool = spec_field(True)
     dataset_type: str = spec_field("serialized", inert=True)
     train_sampler: str = spec_field("default_sampler", inert=True)
@@ -266,10 +304,10 @@ class DatasetSection(Section):
 
 
 class CudnnSection(Section):
-    """``train.cudnn``."""
+    """``train.cudnn``. Inert: accepted so that TAO files load."""
 
-    benchmark: bool = spec_field(False)
-    deterministic: bool = spec_field(True)
+    benchmark: bool = spec_field(False, inert=True)
+    deterministic: bool = spec_field(True, inert=True)
 
 
 class OptimSection(Section):
@@ -277,7 +315,9 @@ class OptimSection(Section):
 
     optimizer: Literal["AdamW", "SGD"] = spec_field("AdamW")
     monitor_name: Literal["val_loss", "train_loss", "val_mAP", "val_mAP50"] = spec_field(
-        "val_loss", description="metric that selects the best checkpoint"
+        "val_loss",
+        never_searched="chooses a checkpoint, not the model",
+        description="metric that selects the best checkpoint",
     )
     lr: float = spec_field(2e-4, gt=0.0, automl=True, automl_range=(0.0, 0.01), condition="> 0")
     lr_backbone: float = spec_field(
@@ -332,7 +372,7 @@ class TrainSection(Section):
     gpu_ids: list[int] = spec_field([0])
     num_nodes: int = spec_field(1, ge=1)
     seed: int = spec_field(1234, description="< 0 disables seeding")
-    cudnn: CudnnSection = spec_field(CudnnSection())
+    cudnn: CudnnSection = spec_field(CudnnSection(), description="inert (TAO)")
     num_epochs: int = spec_field(10, ge=1)
     checkpoint_interval: int = spec_field(1, ge=1)
     checkpoint_interval_unit: Literal["epoch", "step"] = spec_field("epoch")
@@ -346,7 +386,7 @@ class TrainSection(Section):
     is_dry_run: bool = spec_field(False, description="one batch of train and val, nothing kept")
     precision: Literal["fp32", "fp16", "bf16"] = spec_field("fp32")
     distributed_strategy: Literal["ddp", "fsdp"] = spec_field("ddp")
-    activation_checkpoint: bool = spec_field(True)
+    activation_checkpoint: bool = spec_field(True, inert=True)
     verbose: bool = spec_field(False)
     results_dir: str = spec_field("", description="empty: <results_dir>/train")
     optim: OptimSection = spec_field(OptimSection())
@@ -361,7 +401,7 @@ class _RunModelSection(Section):
     checkpoint: str = spec_field("", description="a .pth checkpoint (this or trt_engine)")
     trt_engine: str = spec_field("", description="a TensorRT engine or an .onnx file")
     num_gpus: int = spec_field(1, ge=1)
-    gpu_ids: list[int] = spec_field([0])
+    gpu_ids: list[int] = spec_field([0], inert=True)
     num_nodes: int = spec_field(1, ge=1, inert=True)
     batch_size: int = spec_field(-1, ge=-1, description="-1: dataset.batch_size")
     conf_threshold: float = spec_field(0.0, ge=0.0, le=1.0)
@@ -380,7 +420,7 @@ class InferenceSection(_RunModelSection):
 
     conf_threshold: float = spec_field(0.5, ge=0.0, le=1.0)
     color_map: dict[str, str] = spec_field({}, description="class name -> colour")
-    is_internal: bool = spec_field(False)
+    is_internal: bool = spec_field(False, inert=True)
     outline_width: int = spec_field(3, ge=1, description="box outline in pixels")
     results_dir: str = spec_field("", description="empty: <results_dir>/inference")
 
@@ -400,7 +440,7 @@ class ExportSection(Section):
     on_cpu: bool = spec_field(
         False, description="true: plain ONNX ops only; false: TensorRT attention plugin"
     )
-    gpu_id: int = spec_field(0, ge=0)
+    gpu_id: int = spec_field(0, ge=0, inert=True)
     verbose: bool = spec_field(False)
     format: Literal["onnx"] = spec_field("onnx")
     serialize_nvdsinfer: bool = spec_field(False, description="also write labels.txt and a DeepStream config")
@@ -452,7 +492,7 @@ class GenTrtEngineSection(Section):
     onnx_file: str = spec_field("")
     trt_engine: str = spec_field("", description="output path")
     timing_cache: str = spec_field("")
-    gpu_id: int = spec_field(0, ge=0)
+    gpu_id: int = spec_field(0, ge=0, inert=True)
     batch_size: int = spec_field(-1, ge=-1, description="-1: dynamic")
     verbose: bool = spec_field(False)
     results_dir: str = spec_field("", description="empty: <results_dir>/gen_trt_engine")

@@ -23,9 +23,10 @@ def run(spec: Spec) -> AutomlResult:
     Raises:
         SpecError: a bad ``automl`` section or an unreachable storage, before any trial runs.
     """
-    from ddetr.automl.search import run_search
+    from ddetr.automl.search import check_search, run_search
     from ddetr.tasks.common import prepare_results_dir
 
+    check_search(spec)  # a bad automl section fails in one line before the results folder is made
     automl_dir = prepare_results_dir(spec, "automl")
     return search_result(run_search(spec, automl_dir), spec.automl.metric)
 
