@@ -72,7 +72,7 @@ def test_evaluate_and_inference_read_it_with_the_key_only(trained) -> None:
     result = evaluate.run(load_spec(None, [*args, f"evaluate.checkpoint={ckpt}"]))
     assert 0.0 <= result.test_mAP <= 1.0 and result.images == 8
     done = inference.run(load_spec(None, [*args, f"inference.checkpoint={ckpt}"]))
-    assert done["images"] == 8 and len(list(Path(done["labels"]).glob("*.txt"))) == 8
+    assert done.images == 8 and len(list(done.labels.glob("*.txt"))) == 8
 
     no_key = [a for a in args if not a.startswith("encryption_key=")]
     with pytest.raises(CheckpointError, match="is encrypted"):

@@ -28,7 +28,7 @@ def setup(tiny_data: dict, tiny_overrides, tmp_path_factory: pytest.TempPathFact
 
     folder = tmp_path_factory.mktemp("one_path")
     result = train.run(load_spec(None, [*tiny_overrides(tiny_data, folder / "train"), "train.num_epochs=1"]))
-    checkpoint = Path(result["checkpoint"] if isinstance(result, dict) else result.checkpoint)
+    checkpoint = result.latest
     onnx_file = export_onnx(checkpoint, folder / "model.onnx", input_size=(64, 64)).onnx_file
     data = json.loads(Path(tiny_data["val"]["json_file"]).read_text())
     new_id = {im["id"]: 1000 + 7 * i for i, im in enumerate(data["images"])}
