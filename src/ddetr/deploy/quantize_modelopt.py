@@ -9,7 +9,11 @@ the ``quantization`` note, ``modelopt_state`` (ModelOpt's record of the inserted
 :func:`ddetr.model.quantized.restore_quantized_model` when the checkpoint is loaded) and the quantized weights stored as int8
 (``<layer>.weight`` int8 + ``<layer>.weight_quantizer._amax``; int8 * amax / 127 is exactly the fake-quantized
 weight), so the file is about 4x smaller where layers are quantized. ``export`` turns it into an ONNX file with
-QuantizeLinear/DequantizeLinear nodes (TensorRT explicit quantization; ONNX Runtime runs it too).
+QuantizeLinear/DequantizeLinear nodes (TensorRT explicit quantization; ONNX Runtime runs it too). In
+``static_ptq`` the weights of layers with quantized inputs use 7 of their 8 bits (codes in [-64, 64], as
+``reduce_range`` in :mod:`ddetr.deploy.quantize_onnx`, which says why): ONNX Runtime turns the int8 inputs into
+uint8 on x86, and on a CPU without VNNI its kernels then overflow int16 with full-range weights (the exported
+boxes moved by 0.054 from the PyTorch model's on such a CPU in the tests; 0.0000 unfused).
 
 ``modelopt.onnx`` (``static_ptq``): ModelOpt's ONNX INT8 quantization, which places Q/DQ nodes following
 TensorRT's rules (also on residual additions and pooling), with the CPU execution provider for calibration,
@@ -58,6 +62,8 @@ logger = logging.getLogger(__name__)
 # quantize.algorithm -> ModelOpt's name, per back end
 TORCH_ALGORITHMS = {"minmax": "max", "max": "max", "mse": "mse"}
 ONNX_ALGORITHMS = {"minmax": "max", "max": "max", "entropy": "entropy"}
+# largest weight code of a layer with int8 inputs (reduced range: no int16 overflow in ONNX Runtime's x86 kernels)
+REDUCED_WEIGHT_MAX = 64.0
 
 
 # ---------------------------------------------------------------------------------------- modelopt.pytorch
@@ -74,6 +80,29 @@ def quant_config(chosen: Mapping[str, tuple[bool, bool]], algorithm: str) -> dic
                 {"quantizer_name": f"{name}.input_quantizer", "cfg": {"num_bits": 8, "axis": None}}
             )
     return {"quant_cfg": entries, "algorithm": algorithm}
+
+
+def reduce_weight_range(model: nn.Module) -> int:
+    """Widen the calibrated weight ``amax`` of every layer whose inputs are quantized too, in place.
+
+    ``amax * 127 / 64``: the weight codes (``round(w * 127 / amax)``) then lie in [-64, 64], so that ONNX
+    Runtime's u8 x s8 kernels on x86 CPUs without VNNI add pairs of products without int16 overflow
+    (255 * 64 * 2 < 32767). Weight-only layers keep the full range: they run as float products.
+
+    Returns:
+        The number of weight quantizers changed.
+    """
+    count = 0
+    for module in model.modules():
+        weights, inputs = getattr(module, "weight_quantizer", None), getattr(module, "input_quantizer", None)
+        if weights is None or inputs is None or not (weights.is_enabled and inputs.is_enabled):
+            continue
+        if weights.amax is None:
+            continue
+        with torch.no_grad():
+            weights.amax = weights.amax * (INT8_MAX / REDUCED_WEIGHT_MAX)
+        count += 1
+    return count
 
 
 def _int8_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> int:
@@ -166,6 +195,7 @@ def quantize_checkpoint_modelopt(
     with torch.no_grad(), quiet():
         config = quant_config(chosen, TORCH_ALGORITHMS[algorithm])
         model = mtq.quantize(model, config, forward_loop=forward_loop if static else None)
+        reduced = reduce_weight_range(model) if static else 0
     model.eval()
     state_dict = dict(model.state_dict())
     stored = _int8_weights(model, state_dict)
@@ -174,7 +204,7 @@ def quantize_checkpoint_modelopt(
         "mode": mode,
         "format": "fake-quant",
         "algorithm": TORCH_ALGORITHMS[algorithm],
-        "weights": "int8 per-channel symmetric",
+        "weights": "int8 per-channel symmetric" + (" (7-bit range with int8 inputs)" if reduced else ""),
         "activations": "int8 per-tensor" if static else "float",
         "layers": len(chosen),
         "weight_only_layers": sum(1 for w, a in chosen.values() if w and not a),
