@@ -213,7 +213,10 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     from ddetr import api
 
     if args.action in ("import_weights", "convert") and extra:
-        raise SpecError(f"ddetr {args.action}: unrecognized arguments: {' '.join(extra)}")
+        shown = [
+            "encryption_key=..." if a.startswith("encryption_key=") else a for a in extra
+        ]  # never the key
+        raise SpecError(f"ddetr {args.action}: unrecognized arguments: {' '.join(shown)}")
     if args.action == "import_weights":
         imported = api.import_weights(args.source, args.input, args.output)
         print(f"imported {imported.describe()}")
@@ -237,9 +240,9 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     overrides = parse_overrides(extra)
     if args.results_dir is not None:
         overrides.append(f"results_dir={args.results_dir}")
-    if args.key is not None:
-        overrides.append(f"encryption_key={args.key}")
-    result = api.run_action(args.action, args.spec, overrides=overrides)
+    # -k is the key verbatim (a Python value, never parsed as YAML)
+    keyword = {"encryption_key": args.key} if args.key is not None else {}
+    result = api.run_action(args.action, args.spec, overrides=overrides, **keyword)
     logger.info(summary_line(args.action, result))
     return 0
 
