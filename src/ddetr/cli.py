@@ -12,6 +12,7 @@ import argparse
 import logging
 import re
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from ddetr.errors import DdetrError, Interrupted, SpecError
 logger = logging.getLogger(__name__)
 
 EXIT_USER_ERROR = 2
+EXIT_UNEXPECTED = 1  # a bug or an environment problem we did not anticipate (one line, -v for the traceback)
 EXIT_INTERRUPTED = 130
 
 _HELP = {
@@ -251,15 +253,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ddetr`` / ``deformable_detr`` / ``python -m ddetr``.
 
     Returns:
-        0 on success, 2 on a user error (one line on stderr), 130 on Ctrl-C, 143 on SIGTERM (training).
+        0 on success, 2 on a user error (one line on stderr), 1 on any other exception (one line
+        ``error: <type>: <message> (run with -v for the traceback)``; with ``-v`` the traceback is printed
+        first), 130 on Ctrl-C, 143 on SIGTERM (training).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = False
     try:
         try:
             args, extra = build_parser().parse_known_args(argv)
         except SystemExit as exc:  # --help and --version
             return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USER_ERROR
-        setup_logging(getattr(args, "verbose", False))
+        verbose = bool(getattr(args, "verbose", False))
+        setup_logging(verbose)
         return _run(args, extra)
     except DdetrError as exc:
         message = " ".join(str(exc).split())
@@ -271,6 +277,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # the last resort: a bug we have not found yet still ends in one line
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        message = " ".join(str(exc).split()) or "(no message)"
+        hint = "" if verbose else " (run with -v for the traceback)"
+        print(f"error: {type(exc).__name__}: {message}{hint}", file=sys.stderr)
+        return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":  # pragma: no cover
