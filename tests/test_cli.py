@@ -123,3 +123,29 @@ def test_import_weights_errors_exit_2(tmp_path, capsys):
 def test_help_exits_zero(argv, capsys):
     assert main(argv) == 0
     assert "usage" in capsys.readouterr().out
+
+
+def _broken_export(monkeypatch) -> None:
+    import types
+
+    def run(spec):
+        raise RuntimeError("unexpected\nstate in a task")
+
+    monkeypatch.setitem(sys.modules, "ddetr.tasks.export", types.SimpleNamespace(run=run))
+
+
+def test_unexpected_exception_is_one_line_exit_1(monkeypatch, capsys, tmp_path):
+    _broken_export(monkeypatch)
+    assert main(["export", "-r", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert lines == ["error: RuntimeError: unexpected state in a task (run with -v for the traceback)"]
+
+
+def test_unexpected_exception_with_verbose_shows_the_traceback(monkeypatch, capsys, tmp_path):
+    _broken_export(monkeypatch)
+    assert main(["export", "-r", str(tmp_path), "-v"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and 'raise RuntimeError("unexpected' in err
+    assert err.rstrip().splitlines()[-1] == "error: RuntimeError: unexpected state in a task"

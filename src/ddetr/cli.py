@@ -12,6 +12,7 @@ import argparse
 import logging
 import re
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from ddetr.errors import DdetrError, Interrupted, SpecError
 logger = logging.getLogger(__name__)
 
 EXIT_USER_ERROR = 2
+EXIT_UNEXPECTED = 1  # a bug or an environment problem we did not anticipate (one line, -v for the traceback)
 EXIT_INTERRUPTED = 130
 
 _HELP = {
@@ -213,7 +215,10 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     from ddetr import api
 
     if args.action in ("import_weights", "convert") and extra:
-        raise SpecError(f"ddetr {args.action}: unrecognized arguments: {' '.join(extra)}")
+        shown = [
+            "encryption_key=..." if a.startswith("encryption_key=") else a for a in extra
+        ]  # never the key
+        raise SpecError(f"ddetr {args.action}: unrecognized arguments: {' '.join(shown)}")
     if args.action == "import_weights":
         imported = api.import_weights(args.source, args.input, args.output)
         print(f"imported {imported.describe()}")
@@ -237,9 +242,9 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     overrides = parse_overrides(extra)
     if args.results_dir is not None:
         overrides.append(f"results_dir={args.results_dir}")
-    if args.key is not None:
-        overrides.append(f"encryption_key={args.key}")
-    result = api.run_action(args.action, args.spec, overrides=overrides)
+    # -k is the key verbatim (a Python value, never parsed as YAML)
+    keyword = {"encryption_key": args.key} if args.key is not None else {}
+    result = api.run_action(args.action, args.spec, overrides=overrides, **keyword)
     logger.info(summary_line(args.action, result))
     return 0
 
@@ -248,15 +253,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ddetr`` / ``deformable_detr`` / ``python -m ddetr``.
 
     Returns:
-        0 on success, 2 on a user error (one line on stderr), 130 on Ctrl-C, 143 on SIGTERM (training).
+        0 on success, 2 on a user error (one line on stderr), 1 on any other exception (one line
+        ``error: <type>: <message> (run with -v for the traceback)``; with ``-v`` the traceback is printed
+        first), 130 on Ctrl-C, 143 on SIGTERM (training).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = False
     try:
         try:
             args, extra = build_parser().parse_known_args(argv)
         except SystemExit as exc:  # --help and --version
             return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USER_ERROR
-        setup_logging(getattr(args, "verbose", False))
+        verbose = bool(getattr(args, "verbose", False))
+        setup_logging(verbose)
         return _run(args, extra)
     except DdetrError as exc:
         message = " ".join(str(exc).split())
@@ -268,6 +277,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # the last resort: a bug we have not found yet still ends in one line
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        message = " ".join(str(exc).split()) or "(no message)"
+        hint = "" if verbose else " (run with -v for the traceback)"
+        print(f"error: {type(exc).__name__}: {message}{hint}", file=sys.stderr)
+        return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,13 +18,15 @@ key to be read, plain ones are read whatever the key.
 
 from __future__ import annotations
 
+import argparse
 import io
 import logging
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -42,6 +44,12 @@ LIGHTNING_KEY = "ddetr"
 LIGHTNING_MODEL_PREFIX = "model."
 LIGHTNING_IGNORED_PREFIXES = ("criterion.",)
 _MAX_LISTED = 8
+
+#: The only Python objects (beyond tensors, numbers, strings and containers, which torch's weights-only
+#: unpickler always allows) a file we read may contain: the original release stores its ``args`` as an
+#: ``argparse.Namespace``. Lightning checkpoints written by our trainer need nothing more.
+SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 
 
 @dataclass
@@ -144,16 +152,55 @@ def lightning_entry(card: ModelCard, spec: dict[str, Any] | None) -> dict[str, A
     return {"card": card.to_dict(), "spec": spec}
 
 
+def safe_torch_load(
+    source: str | os.PathLike[str] | IO[bytes],
+    map_location: str | torch.device | Callable[..., Any] | None = "cpu",
+    *,
+    name: str | None = None,
+) -> Any:
+    """``torch.load`` with the weights-only unpickler, whatever the environment says.
+
+    Every file a user hands ddetr (resume checkpoints, pretrained models and backbones, imported weights,
+    quantized checkpoints) is read through this function, so no pickle can run code. ``weights_only=True``
+    is passed explicitly: torch honours ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` only when the caller leaves
+    ``weights_only`` unset, so that variable cannot turn this load unsafe. Beyond tensors and plain
+    containers only :data:`SAFE_GLOBALS` are allowed.
+
+    Args:
+        source: a file path or an open binary stream (e.g. a decrypted checkpoint in memory).
+        map_location: where tensors go, as ``torch.load`` takes it.
+        name: how the error message names the file (default: ``source``).
+
+    Returns:
+        The unpickled object.
+
+    Raises:
+        CheckpointError: one line: the Python global the file needs that is not allowed, or why the file
+            is not a readable PyTorch file.
+    """
+    label = name if name is not None else str(source)
+    try:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(source, map_location=map_location, weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ... for refused or corrupt files
+        text = str(err)
+        blocked = _GLOBAL_RE.search(text)
+        if blocked:
+            raise CheckpointError(
+                f"{label}: refused: the file needs the Python global '{blocked.group(1)}', which a weights-only "
+                "load does not allow (it could run code); only tensors, plain containers and "
+                "argparse.Namespace are read"
+            ) from None
+        reason = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+        raise CheckpointError(
+            f"{label}: not a readable PyTorch checkpoint (weights-only torch.load failed: {reason})"
+        ) from None
+
+
 def _torch_load(path: Path, map_location: str | torch.device, encryption_key: str | None = None) -> Any:
     # an encrypted file is decrypted in memory first (CheckpointError for a missing or wrong key)
     source: Path | io.BytesIO = io.BytesIO(read_bytes(path, encryption_key)) if is_encrypted(path) else path
-    try:
-        return torch.load(source, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (torch.load with weights_only=True failed: {reason})"
-        ) from None
+    return safe_torch_load(source, map_location, name=str(path))
 
 
 def _card_from(path: Path, meta: Mapping[str, Any], quantization: Any, what: str) -> ModelCard:

@@ -7,8 +7,9 @@ and ``ddetr dataset``'s checks, so that all three apply the same rules; importin
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
@@ -19,6 +20,7 @@ __all__ = [
     "DECODE_ERRORS",
     "IMAGE_SUFFIXES",
     "bad_category_ids",
+    "check_file_name",
     "clip_box",
     "find_images",
     "image_size",
@@ -92,8 +94,51 @@ def _fail(json_file: str, what: str) -> DataError:
     return DataError(f"Annotation file '{json_file}' is not COCO detection json: {what}.")
 
 
+def check_file_name(json_file: str, index: int, image: dict[str, Any]) -> str:
+    """The ``file_name`` of ``images[index]``, refused when it could name a file outside ``image_dir``.
+
+    The check is on the text alone, before anything is opened: an absolute path (POSIX or Windows), a
+    ``..`` that climbs above ``image_dir``, an empty name or a NUL character is refused. Symbolic links
+    inside ``image_dir`` are followed as the file system does (the folder's owner put them there).
+
+    Args:
+        json_file: the annotation file, for the message.
+        index: position of the entry in ``images``.
+        image: the entry (``id``, ``file_name``, ...).
+
+    Returns:
+        ``file_name`` as text, to join to ``image_dir``.
+
+    Raises:
+        DataError: one line naming the json file, the entry and the file name.
+    """
+    name = str(image["file_name"])
+    posix = name.replace("\\", "/")
+    normal = posixpath.normpath(posix) if posix else ""
+    escapes = (
+        not name.strip()
+        or "\0" in name
+        or PurePosixPath(posix).is_absolute()
+        or PureWindowsPath(name).is_absolute()
+        or bool(PureWindowsPath(name).drive)
+        or normal == ".."
+        or normal.startswith("../")
+    )
+    if escapes:
+        raise DataError(
+            f"Annotation file '{json_file}': images[{index}] (id {image.get('id')!r}) has file_name {name!r}, "
+            "which is not a relative path inside image_dir (absolute, empty or climbing out with '..'); "
+            "refused without opening it."
+        )
+    return name
+
+
 def read_coco_json(json_file: str, local: Path) -> dict[str, Any]:
-    """Load and structurally check a COCO json (``images``, ``annotations``, ``categories``)."""
+    """Load and structurally check a COCO json (``images``, ``annotations``, ``categories``).
+
+    Every ``file_name`` passes :func:`check_file_name`, so neither training nor ``ddetr dataset`` ever opens
+    a file outside ``image_dir``.
+    """
     try:
         with open(local, encoding="utf-8") as f:
             data = json.load(f)
@@ -107,6 +152,7 @@ def read_coco_json(json_file: str, local: Path) -> dict[str, Any]:
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
             raise _fail(json_file, f"images[{i}] has no 'id' or 'file_name'")
+        check_file_name(json_file, i, img)
     for i, ann in enumerate(data["annotations"]):
         missing = [
             k for k in ("image_id", "bbox", "category_id") if not isinstance(ann, dict) or k not in ann

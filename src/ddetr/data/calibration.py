@@ -17,13 +17,18 @@ def list_calibration_images(image_dir: str, json_file: str = "") -> list[Path]:
     Raises:
         DataError: no images found.
     """
-    from ddetr.data.annotations import find_images
+    from ddetr.data.annotations import check_file_name, find_images
     from ddetr.data.sources import resolve_file, resolve_image_dir
 
     folder = resolve_image_dir(image_dir)
     if json_file:
         data = json.loads(Path(resolve_file(json_file)).read_text())
-        found = [folder / im["file_name"] for im in data.get("images", [])]
+        images = data.get("images", []) if isinstance(data, dict) else []
+        found = [
+            folder / check_file_name(json_file, i, im)
+            for i, im in enumerate(images)
+            if isinstance(im, dict) and "file_name" in im
+        ]
         found = [p for p in found if p.is_file()]
     else:
         found = find_images(folder)

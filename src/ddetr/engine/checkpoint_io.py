@@ -3,6 +3,9 @@
 Every checkpoint the trainer writes (periodic ``model_epoch_*.pth``, the file ``dd_model_latest.pth``
 links to, an interrupt save) goes through :meth:`EncryptedCheckpointIO.save_checkpoint`, and resuming
 goes through :meth:`EncryptedCheckpointIO.load_checkpoint`, so encrypted runs resume like plain ones.
+Resuming always reads with the weights-only unpickler (:func:`ddetr.artefacts.checkpoint.safe_torch_load`),
+whatever Lightning asks for and whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says: a resume checkpoint is a
+file a user hands us and must not be able to run code.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from ddetr.artefacts.checkpoint import safe_torch_load
 from ddetr.crypto import is_encrypted, read_bytes, write_bytes_atomic
 
 
@@ -24,7 +28,8 @@ class EncryptedCheckpointIO(TorchCheckpointIO):
 
     With a key, checkpoints are serialised in memory, encrypted and written atomically (temporary file in
     the same folder, fsync, rename). Without one, saving is Lightning's own. Loading decrypts encrypted files
-    (a missing or wrong key is a one-line CheckpointError) and reads plain files as Lightning does.
+    (a missing or wrong key is a one-line CheckpointError); every file, encrypted or plain, is unpickled
+    weights-only.
 
     Args:
         encryption_key: the spec's ``encryption_key``; empty or None writes plain checkpoints.
@@ -58,13 +63,22 @@ class EncryptedCheckpointIO(TorchCheckpointIO):
         map_location: Callable | None = lambda storage, loc: storage,
         weights_only: bool | None = None,
     ) -> dict[str, Any]:
-        """Read a checkpoint, decrypting it when it is encrypted.
+        """Read a checkpoint weights-only, decrypting it when it is encrypted.
+
+        ``weights_only`` is accepted for Lightning's interface and ignored: the load is always weights-only.
 
         Raises:
-            CheckpointError: an encrypted file and no key, or the wrong key.
+            CheckpointError: an encrypted file and no key, or the wrong key; a file needing a Python global
+                outside the allow-list; an unreadable file.
             FileNotFoundError: no file at ``path``.
         """
-        if isinstance(path, (str, os.PathLike)) and is_encrypted(path):
-            data = read_bytes(path, self._key)
-            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
-        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(
+                f"{type(self).__name__}.load_checkpoint takes a local path, not {type(path).__name__}"
+            )
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {file}")
+        if is_encrypted(file):
+            return safe_torch_load(io.BytesIO(read_bytes(file, self._key)), map_location, name=str(file))
+        return safe_torch_load(file, map_location)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ddetr.artefacts.checkpoint import safe_torch_load
 from ddetr.errors import CheckpointError, SpecError
 from ddetr.spec.rules import (
     BASIC_BLOCK_RESNETS,
@@ -259,10 +260,7 @@ def _normalise_key(key: str) -> str:
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError) as err:
-        raise CheckpointError(f"model.pretrained_backbone_path: cannot read '{path}': {err}") from err
+    state = safe_torch_load(path, "cpu", name=f"model.pretrained_backbone_path: '{path}'")
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

@@ -22,7 +22,7 @@ import torch
 import torchvision
 from pydantic import ValidationError
 
-from ddetr.artefacts.checkpoint import describe_mismatch
+from ddetr.artefacts.checkpoint import describe_mismatch, safe_torch_load
 from ddetr.errors import CheckpointError
 from ddetr.spec.sections import ModelSection
 
@@ -250,23 +250,10 @@ def _infer_from_shapes(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], 
 
 
 def _read_original(path: Path) -> dict[str, Any]:
-    """``torch.load`` a release file with ``weights_only=True``, allowing ``argparse.Namespace`` and nothing else."""
+    """Read a release file with the weights-only loader (:func:`safe_torch_load`: ``argparse.Namespace`` only)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: original checkpoint not found")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        Exception
-    ) as err:  # UnpicklingError for disallowed globals, RuntimeError/EOFError for corrupt files
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = next(
-            (line for line in lines if "GLOBAL" in line or "global" in line), lines[0] if lines else ""
-        )
-        raise CheckpointError(
-            f"{path}: refused or unreadable (torch.load weights_only=True, only argparse.Namespace allowed): "
-            f"{detail or type(err).__name__}"
-        ) from None
+    raw = safe_torch_load(path, "cpu")
     if not isinstance(raw, dict):
         raise CheckpointError(
             f"{path}: expected a dict with a 'model' state dict, found a {type(raw).__name__}"
@@ -396,7 +383,7 @@ def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
                 merged |= load_file(folder / shard)
             return merged
         if (folder / "pytorch_model.bin").is_file():
-            sd = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            sd = safe_torch_load(folder / "pytorch_model.bin", "cpu")
             if not isinstance(sd, dict):
                 raise CheckpointError(f"{folder / 'pytorch_model.bin'}: not a state dict")
             return sd

@@ -66,6 +66,23 @@ def _yaml_load(text: str, source: str) -> Any:
 # ----------------------------------------------------------------------------------------------- loading
 
 
+KEY_FIELD = "encryption_key"  # taken verbatim (never YAML-parsed, never interpolated) and never shown
+
+
+def _check_key_type(data: dict[str, Any], source: str | None) -> None:
+    """A key that is not a string is refused without showing it (YAML would have changed or dropped it)."""
+    if KEY_FIELD not in data or isinstance(data[KEY_FIELD], str):
+        return
+    value = data[KEY_FIELD]
+    kind = "null (no value)" if value is None else f"a {type(value).__name__}"
+    if source is None:
+        raise SpecError(f"{KEY_FIELD} must be a string, got {kind} (the value is not shown)")
+    raise SpecError(
+        f"{source}: {KEY_FIELD} must be a quoted string: YAML read the unquoted value as {kind}; "
+        f"write {KEY_FIELD}: \"...\" (or '' for no encryption). The value is not shown."
+    )
+
+
 def load_spec(
     path: str | Path | Spec | None,
     overrides: Sequence[str | tuple[str, Any]] = (),
@@ -77,8 +94,9 @@ def load_spec(
         path: The YAML spec file, a :class:`Spec` to start from (validated again with the overrides), or
             ``None`` for the defaults.
         overrides: Dotted ``key=value`` strings applied after the file, values parsed as YAML
-            (``train.optim.lr_steps=[30,45]``, ``dataset.train_data_sources=[{image_dir: a, json_file: b}]``),
-            or ``(dotted key, value)`` pairs whose value is used as it is (the Python API's keywords).
+            (``train.optim.lr_steps=[30,45]``, ``dataset.train_data_sources=[{image_dir: a, json_file: b}]``)
+            except ``encryption_key=KEY``, whose text is the key verbatim, or ``(dotted key, value)`` pairs
+            whose value is used as it is (the Python API's keywords).
         action: the action the spec is for. ``train``/``automl`` and ``None`` (unknown) check every rule of the
             model section (they build the model from it: ``ddetr.spec.rules.check_model_section``); the other
             actions take the architecture from a checkpoint and check only the model rules every action keeps.
@@ -105,12 +123,14 @@ def load_spec(
             loaded = {}
         if not isinstance(loaded, dict):
             raise SpecError(f"{p}: the spec must be a YAML mapping of sections, got {type(loaded).__name__}")
+        _check_key_type(loaded, str(p))
         data = loaded
     for item in overrides:
         if isinstance(item, tuple):
             set_value(data, *item)
         else:
             apply_override(data, item)
+    _check_key_type(data, None)
     data = resolve_interpolations(data)
     spec = validate_spec(data)
     warnings = check_rules(spec, action)
@@ -142,6 +162,9 @@ def explicit_fields(section: BaseModel) -> dict[str, Any]:
 def apply_override(data: dict[str, Any], item: str) -> None:
     """Apply one ``a.b.c=value`` override (value parsed as YAML) to the raw spec mapping in place.
 
+    ``encryption_key=KEY`` is the exception: ``KEY`` is taken verbatim as a string (``null``, ``~``,
+    ``20240101`` and ``abc #def`` are keys like any other).
+
     Raises:
         SpecError: no ``=``, an empty key, or a path through a value that is not a section.
     """
@@ -149,6 +172,9 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise SpecError(f"override {item!r} is not key=value; write e.g. train.num_epochs=20")
+    if key == KEY_FIELD:
+        set_value(data, key, raw, f"{KEY_FIELD}=...")
+        return
     value = _yaml_load(raw, f"override {key}") if raw.strip() else ""
     set_value(data, key, value, item)
 
@@ -236,7 +262,10 @@ def resolve_interpolations(data: dict[str, Any]) -> dict[str, Any]:
             return target(whole.group(1))
         return _INTERP.sub(lambda m: str(target(m.group(1))), value)
 
-    resolved = resolve(data, "")
+    # the key is verbatim: a "${" in it is part of the key, not a reference
+    resolved = resolve({k: v for k, v in data.items() if k != KEY_FIELD}, "")
+    if KEY_FIELD in data:
+        resolved[KEY_FIELD] = data[KEY_FIELD]
     for name in used:
         if name not in Spec.model_fields:
             resolved.pop(name, None)

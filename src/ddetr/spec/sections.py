@@ -533,7 +533,9 @@ class Spec(Section):
     """The whole experiment spec: top-level keys and one section per action."""
 
     model_name: str = spec_field("deformable_detr", inert=True)
-    encryption_key: str = spec_field("", description="encrypts checkpoints and exported models when set")
+    encryption_key: str = spec_field(
+        "", description="encrypts checkpoints and exported models when set", repr=False
+    )
     results_dir: str = spec_field(
         "", description="required; <results_dir>/<action>/ holds each action's outputs"
     )

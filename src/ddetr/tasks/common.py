@@ -13,8 +13,11 @@ from ddetr.model.predict import Predictor
 from ddetr.spec.load import dump_spec, merge_model_from_checkpoint
 from ddetr.spec.sections import Spec, is_set
 from ddetr.status import StatusLogger
+from ddetr.tasks.lock import lock_results_dir
 
 logger = logging.getLogger(__name__)
+
+SHARED_ACTIONS = ("automl",)  # folders that several processes use together (AutoML workers joining a search)
 
 __all__ = ["action_dir", "model_path", "open_predictor", "prepare_results_dir", "status_logger"]
 
@@ -38,7 +41,11 @@ def action_dir(spec: Spec, action: str) -> Path:
 
 
 def prepare_results_dir(spec: Spec, action: str) -> Path:
-    """Create the action's results folder, check it is writable and write ``experiment.yaml`` into it.
+    """Create the action's results folder, check it is writable, lock it and write ``experiment.yaml``.
+
+    The lock (:func:`ddetr.tasks.lock.lock_results_dir`) is held until the process exits: a second run on
+    the same folder fails at once naming this one's pid and host. ``automl`` is not locked: several
+    workers join one search in one folder by design.
 
     Args:
         spec: The validated spec.
@@ -48,7 +55,8 @@ def prepare_results_dir(spec: Spec, action: str) -> Path:
         The action's folder, ``<results_dir>/<action>/`` (or ``<action>.results_dir`` when set).
 
     Raises:
-        SpecError: results_dir is empty/``???``, or the folder cannot be created or written.
+        SpecError: results_dir is empty/``???``, the folder cannot be created or written, or another run
+            holds it.
     """
     folder = action_dir(spec, action)
     field = (
@@ -66,6 +74,8 @@ def prepare_results_dir(spec: Spec, action: str) -> Path:
         raise SpecError(
             f"{field}: cannot write to {str(folder)!r} ({reason}); choose a writable folder, e.g. {field}=./results"
         ) from None
+    if action not in SHARED_ACTIONS:
+        lock_results_dir(folder, action, field)  # before anything is written: a second run changes nothing
     # the record of the run leaves the encryption key out (it would sit in plain text beside encrypted files)
     recorded = spec.model_copy(update={"encryption_key": ""}) if spec.encryption_key else spec
     dump_spec(recorded, folder / "experiment.yaml")
