@@ -183,8 +183,25 @@ class DeformableDETR(nn.Module):
         ``encryption_key`` is the key an encrypted checkpoint was written with (plain files ignore it).
 
         Example:
-            >>> model = DeformableDETR.from_checkpoint("results/train/dd_model_latest.pth")  # doctest: +SKIP
-            >>> model.predict("image.jpg")[0].class_names  # doctest: +SKIP
+            A checkpoint written here from a tiny random model (a trained one is ``results/train/*.pth``):
+
+            >>> import tempfile
+            >>> import numpy as np
+            >>> from ddetr.artefacts.card import ModelCard
+            >>> from ddetr.artefacts.checkpoint import save_checkpoint
+            >>> section = ModelSection(backbone="timm:test_resnet", hidden_dim=32, nheads=2, enc_layers=1,
+            ...     dec_layers=1, dim_feedforward=32, num_queries=8, num_select=5, num_feature_levels=2,
+            ...     return_interm_indices=[2, 3])
+            >>> card = ModelCard(section, num_classes=3, class_names=("", "cell", "blob"), num_select=5)
+            >>> weights = DeformableDETR.from_config(section, 3).state_dict()
+            >>> with tempfile.TemporaryDirectory() as folder:
+            ...     path = save_checkpoint(f"{folder}/model.pth", card=card, state_dict=weights)
+            ...     model = DeformableDETR.from_checkpoint(path)
+            >>> model.card.class_names, model.card.num_select
+            (('', 'cell', 'blob'), 5)
+            >>> found = model.predict(np.zeros((48, 64, 3), np.uint8), conf_threshold=0.0)[0]
+            >>> len(found) <= 5 and set(found.class_names) <= {"cell", "blob"}
+            True
         """
         model, _ = build_model_from_checkpoint(path, encryption_key=encryption_key)
         return model
