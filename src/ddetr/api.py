@@ -126,7 +126,7 @@ def load_spec(
     if _is_spec(spec) and not overrides and not values:
         from ddetr.spec.load import check_rules
 
-        check_rules(spec)  # its cross-field rules raise; the warnings were logged when the spec was loaded
+        check_rules(spec, action)  # the rules of this action raise; the warnings were logged when it loaded
         loaded = spec
     else:
         path = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
