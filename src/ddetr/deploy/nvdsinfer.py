@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from ddetr.artefacts.card import ModelCard
+from ddetr.errors import SpecError
 from ddetr.fileio import atomic_write_text
 
 
@@ -61,28 +63,29 @@ def nvinfer_config_text(
     )
 
 
-def write_nvdsinfer(
-    onnx_file: Path,
-    *,
-    class_names: Sequence[str],
-    num_classes: int,
-    input_size: tuple[int, int],
-    mean: Sequence[float],
-    std: Sequence[float],
-    batch_size: int,
-) -> tuple[Path, Path]:
-    """Write ``labels.txt`` and ``nvinfer_config.txt`` next to ``onnx_file``; returns both paths."""
+def write_nvdsinfer(onnx_file: Path, card: ModelCard, batch_size: int) -> tuple[Path, Path]:
+    """Write ``labels.txt`` and ``nvinfer_config.txt`` next to ``onnx_file``; returns both paths.
+
+    Args:
+        onnx_file: the exported file.
+        card: its model card (class names, num_classes, fixed input size, mean/std).
+        batch_size: the export's batch size (-1: dynamic).
+    """
+    if card.input_size is None:
+        raise SpecError(
+            f"{onnx_file}: DeepStream needs a fixed input size; export with input_width/input_height."
+        )
     folder = onnx_file.parent
     labels, config = folder / "labels.txt", folder / "nvinfer_config.txt"
-    atomic_write_text(labels, labels_text(class_names, num_classes))
+    atomic_write_text(labels, labels_text(card.class_names, card.num_classes))
     atomic_write_text(
         config,
         nvinfer_config_text(
             onnx_file.name,
-            input_size=input_size,
-            mean=mean,
-            std=std,
-            num_classes=num_classes,
+            input_size=card.input_size,
+            mean=card.mean,
+            std=card.std,
+            num_classes=card.num_classes,
             batch_size=batch_size,
         ),
     )

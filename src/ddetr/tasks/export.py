@@ -68,15 +68,7 @@ def run(spec: Spec) -> ExportResult:
                     "unencrypted model; export again with encryption_key= (empty) for DeepStream.",
                     result.onnx_file,
                 )
-            labels, config = write_nvdsinfer(
-                result.onnx_file,
-                class_names=card.class_names,
-                num_classes=card.num_classes,
-                input_size=card.input_size,
-                mean=card.mean,
-                std=card.std,
-                batch_size=section.batch_size,
-            )
+            labels, config = write_nvdsinfer(result.onnx_file, card, section.batch_size)
         status.write(status="SUCCESS", message=f"Exported {result.onnx_file}.")
         width, height = card.input_size or (0, 0)
         return ExportResult(
