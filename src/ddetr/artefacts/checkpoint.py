@@ -197,8 +197,15 @@ def safe_torch_load(
         ) from None
 
 
-def _torch_load(path: Path, map_location: str | torch.device, encryption_key: str | None = None) -> Any:
-    # an encrypted file is decrypted in memory first (CheckpointError for a missing or wrong key)
+def load_torch_file(
+    path: str | os.PathLike[str], map_location: Any = "cpu", encryption_key: str | None = None
+) -> Any:
+    """:func:`safe_torch_load` of a file that may be encrypted: decrypted in memory first.
+
+    Raises:
+        CheckpointError: an encrypted file with no key or the wrong key, or what :func:`safe_torch_load` raises.
+    """
+    path = Path(path)
     source: Path | io.BytesIO = io.BytesIO(read_bytes(path, encryption_key)) if is_encrypted(path) else path
     return safe_torch_load(source, map_location, name=str(path))
 
@@ -253,7 +260,7 @@ def load_checkpoint(
     if not file.is_file():
         what = "a folder" if file.is_dir() else "nothing"
         raise CheckpointError(f"{file}: checkpoint file not found (found {what} at that path)")
-    raw = _torch_load(file, map_location, encryption_key)
+    raw = load_torch_file(file, map_location, encryption_key)
     if not isinstance(raw, dict):
         raise CheckpointError(
             f"{file}: not a ddetr checkpoint (found a {type(raw).__name__}, expected a dict)"

@@ -3,7 +3,7 @@
 Every checkpoint the trainer writes (periodic ``model_epoch_*.pth``, the file ``dd_model_latest.pth``
 links to, an interrupt save) goes through :meth:`EncryptedCheckpointIO.save_checkpoint`, and resuming
 goes through :meth:`EncryptedCheckpointIO.load_checkpoint`, so encrypted runs resume like plain ones.
-Resuming always reads with the weights-only unpickler (:func:`ddetr.artefacts.checkpoint.safe_torch_load`),
+Resuming always reads with the weights-only unpickler (:func:`ddetr.artefacts.checkpoint.load_torch_file`),
 whatever Lightning asks for and whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says: a resume checkpoint is a
 file a user hands us and must not be able to run code.
 """
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from ddetr.artefacts.checkpoint import safe_torch_load
-from ddetr.crypto import is_encrypted, read_bytes, write_bytes_atomic
+from ddetr.artefacts.checkpoint import load_torch_file
+from ddetr.crypto import write_bytes_atomic
 
 
 class EncryptedCheckpointIO(TorchCheckpointIO):
@@ -79,6 +79,4 @@ class EncryptedCheckpointIO(TorchCheckpointIO):
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"checkpoint file not found: {file}")
-        if is_encrypted(file):
-            return safe_torch_load(io.BytesIO(read_bytes(file, self._key)), map_location, name=str(file))
-        return safe_torch_load(file, map_location)
+        return load_torch_file(file, map_location, self._key)
