@@ -178,7 +178,7 @@ def test_failed_unpack_leaves_no_final_folder(tmp_path: Path, monkeypatch: pytes
     arch = _make_tar(tmp_path / "f.tar.gz", {"images/a.jpg": b"A"})
     cache = tmp_path / "cache"
 
-    def boom(archive: Path, target: Path) -> None:
+    def boom(archive: Path, target: Path, *_: object) -> None:
         (target / "images").mkdir()
         (target / "images" / "half.jpg").write_bytes(b"h")
         raise KeyboardInterrupt  # the run is interrupted mid-unpack

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ddetr.errors import DataError
 
 
-def list_calibration_images(image_dir: str, json_file: str = "") -> list[Path]:
+def list_calibration_images(image_dir: str, json_file: str = "", limits: Any = None) -> list[Path]:
     """The calibration images: those the COCO json lists (when given), else every image under the folder.
+
+    ``limits`` is ``dataset.archive_limits`` (None: the defaults).
 
     Raises:
         DataError: no images found.
@@ -20,7 +23,7 @@ def list_calibration_images(image_dir: str, json_file: str = "") -> list[Path]:
     from ddetr.data.annotations import check_file_name, find_images
     from ddetr.data.sources import resolve_file, resolve_image_dir
 
-    folder = resolve_image_dir(image_dir)
+    folder = resolve_image_dir(image_dir, limits=limits)
     if json_file:
         data = json.loads(Path(resolve_file(json_file)).read_text())
         images = data.get("images", []) if isinstance(data, dict) else []

@@ -241,7 +241,12 @@ class _Opened:
 
 
 def _open(
-    split: Split, report: SplitReport, image_dir: str, json_file: str, cache_dir: Path | None
+    split: Split,
+    report: SplitReport,
+    image_dir: str,
+    json_file: str,
+    cache_dir: Path | None,
+    archive_limits: Any = None,
 ) -> _Opened | None:
     from ddetr.data.annotations import read_coco_json
     from ddetr.data.formats import list_images
@@ -254,7 +259,7 @@ def _open(
         report.add("source_incomplete", label, field=split.field, missing=missing)
         return None
     try:
-        folder = resolve_image_dir(image_dir, cache_dir)
+        folder = resolve_image_dir(image_dir, cache_dir, limits=archive_limits)
         if not json_file:
             return _Opened(report, label, folder, None, list(list_images(folder).values()))
         data = read_coco_json(json_file, resolve_file(json_file, cache_dir))
@@ -420,6 +425,7 @@ def check_splits(
     *,
     cache_dir: Path | None = None,
     progress: Callable[[int], Callable[[], None]] | None = None,
+    archive_limits: Any = None,
 ) -> list[SplitReport]:
     """Check every source of every split; bad data never raises, it is all in the reports.
 
@@ -428,6 +434,7 @@ def check_splits(
         num_classes: ``dataset.num_classes``; category ids must lie in ``0 .. num_classes - 1``.
         cache_dir: cache root for archives and remote files (default: :func:`ddetr.data.sources.default_cache_dir`).
         progress: called once with the number of images to decode; returns the callback run after each one.
+        archive_limits: ``dataset.archive_limits`` for image archives (None: the defaults).
 
     Returns:
         One :class:`SplitReport` per split, in order.
@@ -438,7 +445,7 @@ def check_splits(
         report = SplitReport(split.name, split.field, annotated=any(j for _, j in split.sources))
         reports.append(report)
         for image_dir, json_file in split.sources:
-            src = _open(split, report, image_dir, json_file, cache_dir)
+            src = _open(split, report, image_dir, json_file, cache_dir, archive_limits)
             if src is not None:
                 opened.append(src)
     paths = {p for src in opened for p in src.images if p.is_file()}

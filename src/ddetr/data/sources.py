@@ -9,6 +9,10 @@ remote. Everything ends as a local path:
   into place, so a killed run never leaves a half-unpacked folder under the final name;
 - entries that would land outside the target folder (``../``, absolute paths, links pointing out) are
   refused with a :class:`~ddetr.errors.DataError` naming the archive and the entry;
+- an archive that would unpack to more than ``dataset.archive_limits`` allows (total bytes, number of
+  entries, unpacked bytes / archive bytes) is refused with a one-line :class:`~ddetr.errors.DataError`
+  naming the limit and the spec field that raises it: first on the sizes the archive declares, before
+  anything is written, then on the bytes actually written, so a header that lies is caught as well;
 - remote files and folders are copied into ``<cache>/remote/<key>`` (same temporary-then-rename rule).
 
 The cache root is ``$DDETR_CACHE_DIR`` if set, else ``~/.cache/ddetr``.
@@ -25,16 +29,19 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ddetr.errors import DataError
+from ddetr.spec.sections import ArchiveLimitsSection
 
 logger = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 _IGNORED_TOP_ENTRIES = {"__MACOSX", ".DS_Store"}
+_CHUNK = 1 << 20  # bytes copied at a time when unpacking a zip member
 
 
 def default_cache_dir() -> Path:
@@ -172,7 +179,11 @@ def resolve_file(
 
 
 def resolve_image_dir(
-    image_dir: str, cache_dir: Path | None = None, *, storage_options: dict[str, Any] | None = None
+    image_dir: str,
+    cache_dir: Path | None = None,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    limits: ArchiveLimitsSection | None = None,
 ) -> Path:
     """An image folder, archive or remote URL of either -> a local folder.
 
@@ -183,12 +194,13 @@ def resolve_image_dir(
         image_dir: folder, ``.tar``/``.tar.gz``/``.tgz``/``.zip`` file, or an fsspec URL of either.
         cache_dir: cache root; default :func:`default_cache_dir` (``$DDETR_CACHE_DIR`` overrides).
         storage_options: passed to fsspec for remote URLs.
+        limits: ``dataset.archive_limits``; None: the defaults.
 
     Returns:
         A local folder holding the images.
 
     Raises:
-        DataError: missing path, unsupported file, or an unsafe/corrupt archive.
+        DataError: missing path, unsupported file, or an unsafe, corrupt or too large archive.
     """
     if not image_dir:
         raise DataError("An image_dir is empty.")
@@ -202,14 +214,22 @@ def resolve_image_dir(
         raise DataError(
             f"image_dir '{image_dir}' is a file but not an archive ({', '.join(ARCHIVE_SUFFIXES)}) or a folder."
         )
-    return unpack_archive(local, cache)
+    return unpack_archive(local, cache, limits)
 
 
-def unpack_archive(archive: Path, cache_dir: Path | None = None) -> Path:
+def unpack_archive(
+    archive: Path, cache_dir: Path | None = None, limits: ArchiveLimitsSection | None = None
+) -> Path:
     """Unpack ``archive`` once into the cache (safely, atomically) and return its image folder.
 
+    Args:
+        archive: a ``.tar``, ``.tar.gz``, ``.tgz`` or ``.zip`` file.
+        cache_dir: cache root; default :func:`default_cache_dir`.
+        limits: ``dataset.archive_limits``; None: the defaults (200 GB, 10,000,000 entries, ratio 200).
+
     Raises:
-        DataError: an entry would land outside the target, or the archive cannot be read.
+        DataError: an entry would land outside the target, the archive exceeds a limit, or it cannot be
+            read. Nothing is left in the cache then.
     """
     archive = Path(archive).resolve()
     st = archive.stat()
@@ -217,7 +237,8 @@ def unpack_archive(archive: Path, cache_dir: Path | None = None) -> Path:
     final = cache / "archives" / _key(archive, st.st_size, st.st_mtime_ns)
     if not final.exists():
         logger.info("Unpacking %s to %s", archive, final)
-        _publish(final, lambda tmp: _extract(archive, tmp))
+        budget = _Budget(archive, st.st_size, limits or ArchiveLimitsSection())
+        _publish(final, lambda tmp: _extract(archive, tmp, budget))
     return _single_top_folder(final)
 
 
@@ -230,20 +251,116 @@ def _single_top_folder(root: Path) -> Path:
     return root
 
 
-def _extract(archive: Path, target: Path) -> None:
+class _Budget:
+    """What an archive may still unpack to: counts entries and bytes against ``dataset.archive_limits``.
+
+    Used twice per archive: on the declared sizes before anything is written (:meth:`declared`), then on the
+    bytes actually written (:meth:`add_member`, :meth:`add_bytes`).
+    """
+
+    def __init__(self, archive: Path, archive_bytes: int, limits: ArchiveLimitsSection) -> None:
+        self.archive = archive
+        self.archive_bytes = max(int(archive_bytes), 1)
+        self.limits = limits
+        self.members = 0
+        self.bytes = 0
+
+    def _refuse(self, what: str, limit: object, field: str) -> None:
+        raise DataError(
+            f"Archive '{self.archive}' {what}, over the limit of {limit} (dataset.archive_limits.{field}); "
+            f"refusing to unpack it (raise dataset.archive_limits.{field} if the archive is trusted)."
+        )
+
+    def check(self, when: str) -> None:
+        """Raise DataError when the counts so far exceed a limit; ``when`` is "declares" or "unpacks"."""
+        lim = self.limits
+        amount = "" if when == "declares" else "at least "
+        if self.members > lim.max_members:
+            self._refuse(f"{when} {amount}{self.members} entries", lim.max_members, "max_members")
+        if self.bytes > lim.max_unpacked_bytes:
+            self._refuse(f"{when} {amount}{self.bytes} bytes", lim.max_unpacked_bytes, "max_unpacked_bytes")
+        ratio = self.bytes / self.archive_bytes
+        if ratio > lim.max_ratio:
+            self._refuse(
+                f"{when} {amount}{self.bytes} bytes from a file of {self.archive_bytes} (ratio {ratio:.0f})",
+                f"{lim.max_ratio:g}",
+                "max_ratio",
+            )
+
+    def declared(self, members: int, size: int) -> None:
+        """Check the entry count and total size the archive declares (then reset for the real unpacking)."""
+        self.members, self.bytes = members, size
+        self.check("declares")
+        self.members = self.bytes = 0
+
+    def add_member(self) -> None:
+        self.members += 1
+        self.check("unpacks")
+
+    def add_bytes(self, n: int) -> None:
+        self.bytes += n
+        self.check("unpacks")
+
+
+def _extract(archive: Path, target: Path, budget: _Budget) -> None:
     try:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
                 _check_zip(zf, archive)
-                zf.extractall(target)
+                infos = zf.infolist()
+                budget.declared(len(infos), sum(max(i.file_size, 0) for i in infos))
+                for info in infos:
+                    _extract_zip_member(zf, info, target, budget)
         else:
             with tarfile.open(archive, "r:*") as tf:
-                members = tf.getmembers()
-                for m in members:
-                    _check_tar_member(m, archive)
-                tf.extractall(target, members=members, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"Archive '{archive}' cannot be read: {exc}") from exc
+                members = _tar_members(tf, archive, budget)
+                tf.extractall(target, members=members, filter=_counting_filter(budget))
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise DataError(f"Archive '{archive}' cannot be read: {' '.join(str(exc).split())}") from exc
+
+
+def _tar_members(tf: tarfile.TarFile, archive: Path, budget: _Budget) -> list[tarfile.TarInfo]:
+    """Every header, checked for safety and against the limits before anything is written."""
+    members: list[tarfile.TarInfo] = []
+    size = 0
+    for m in tf:
+        _check_tar_member(m, archive)
+        members.append(m)
+        size += max(m.size, 0) if m.isfile() else 0
+        if len(members) > budget.limits.max_members or size > budget.limits.max_unpacked_bytes:
+            break  # refused below without reading the rest of a bomb's headers
+    budget.declared(len(members), size)
+    return members
+
+
+def _counting_filter(budget: _Budget) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo | None]:
+    """tarfile's ``data`` filter that also counts each entry and its bytes just before it is written."""
+
+    def accept(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        kept = tarfile.data_filter(member, dest)
+        if kept is not None:
+            budget.add_member()
+            budget.add_bytes(max(kept.size, 0) if kept.isfile() else 0)
+        return kept
+
+    return accept
+
+
+def _extract_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: _Budget) -> None:
+    """Write one zip entry under ``target``, counting the bytes as they are decompressed."""
+    budget.add_member()
+    parts = [p for p in posixpath.normpath(info.filename.replace("\\", "/")).split("/") if p not in ("", ".")]
+    if not parts:
+        return
+    path = target.joinpath(*parts)
+    if info.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zf.open(info) as src, open(path, "wb") as dst:
+        while chunk := src.read(_CHUNK):
+            budget.add_bytes(len(chunk))
+            dst.write(chunk)
 
 
 def _outside(name: str) -> bool:
@@ -288,8 +405,11 @@ def _check_zip(zf: zipfile.ZipFile, archive: Path) -> None:
                 )
 
 
-def resolve_sources(sources: Any) -> list[tuple[str, str]]:
-    """Spec data sources (one or a list of {image_dir, json_file}) -> local (image folder, json path) pairs."""
+def resolve_sources(sources: Any, limits: ArchiveLimitsSection | None = None) -> list[tuple[str, str]]:
+    """Spec data sources (one or a list of {image_dir, json_file}) -> local (image folder, json path) pairs.
+
+    ``limits`` is ``dataset.archive_limits`` (None: the defaults).
+    """
     if not isinstance(sources, (list, tuple)):
         sources = [sources]
     pairs = []
@@ -297,5 +417,5 @@ def resolve_sources(sources: Any) -> list[tuple[str, str]]:
         image_dir, json_file = source.image_dir, source.json_file
         if not image_dir and not json_file:
             continue
-        pairs.append((str(resolve_image_dir(image_dir)), str(resolve_file(json_file))))
+        pairs.append((str(resolve_image_dir(image_dir, limits=limits)), str(resolve_file(json_file))))
     return pairs

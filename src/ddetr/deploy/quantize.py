@@ -239,7 +239,7 @@ def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
         plain_onnx = plain_copy(float_onnx, key, Path(tmp) / "plain")
         card = read_card(plain_onnx)
         source = spec.dataset.quant_calibration_data_sources
-        paths = list_calibration_images(source.image_dir, source.json_file)
+        paths = list_calibration_images(source.image_dir, source.json_file, spec.dataset.archive_limits)
         batch = int(plan.options["calibration_batch_size"])
         if card.batch_size:
             batch = card.batch_size

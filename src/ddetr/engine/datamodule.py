@@ -47,13 +47,13 @@ class DetectionDataModule(pl.LightningDataModule):
         ds = spec.dataset
         kwargs = transform_kwargs(spec)
         self.train_set = CocoDetection(
-            resolve_sources(ds.train_data_sources),
+            resolve_sources(ds.train_data_sources, ds.archive_limits),
             ds.num_classes,
             build_transforms(True, **kwargs),
             train=True,
         )
         check_min_size(self.train_set, ds.batch_size, spec.train.num_gpus, spec.train.num_nodes)
-        val_pairs = resolve_sources(ds.val_data_sources)
+        val_pairs = resolve_sources(ds.val_data_sources, ds.archive_limits)
         self.val_set = (
             CocoDetection(val_pairs, ds.num_classes, build_transforms(False, **kwargs), train=False)
             if val_pairs

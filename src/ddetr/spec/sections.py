@@ -263,6 +263,32 @@ class AugmentationSection(Section):
     fixed_random_crop: int | None = spec_field(None, ge=1, description="square large-scale-jitter crop size")
 
 
+class ArchiveLimitsSection(Section):
+    """``dataset.archive_limits`` (+): what an image archive may unpack to before it is refused.
+
+    Checked on the sizes the archive declares before anything is written, and on the bytes actually written
+    while unpacking (so a header that lies is caught too). The defaults let real datasets through and stop
+    archive bombs.
+    """
+
+    max_unpacked_bytes: int = spec_field(
+        200 * 10**9,
+        ge=1,
+        description="total bytes an archive may unpack to (default 200 GB)",
+    )
+    max_members: int = spec_field(
+        10_000_000,
+        ge=1,
+        description="entries (files, folders, links) an archive may hold",
+    )
+    max_ratio: float = spec_field(
+        200.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="unpacked bytes / archive file bytes",
+    )
+
+
 def _wrap_single_source(value: Any) -> Any:
     return [value] if isinstance(value, dict) else value
 
@@ -299,6 +325,9 @@ class DatasetSection(Section):
         DataSource(), description="quantize's calibration data"
     )
     augmentation: AugmentationSection = spec_field(AugmentationSection())
+    archive_limits: ArchiveLimitsSection = spec_field(
+        ArchiveLimitsSection(), description="(+) limits on unpacking image archives"
+    )
 
     _wrap = field_validator("train_data_sources", "val_data_sources", mode="before")(_wrap_single_source)
 

@@ -194,7 +194,9 @@ def run(spec: Spec) -> DatasetResult:
     status = status_logger(out_dir)
     with status.action(f"Checking {', '.join(s.name for s in splits)}."):
         with ExitStack() as stack:
-            reports = check_splits(splits, num_classes, progress=_progress(stack))
+            reports = check_splits(
+                splits, num_classes, progress=_progress(stack), archive_limits=spec.dataset.archive_limits
+            )
         _check_classmap(spec, reports)
         overall = cross_split_problems(reports, num_classes)
         class_names: dict[int, str] = {}

@@ -50,7 +50,7 @@ def run(spec: Spec) -> EvaluateResult:
     status = status_logger(out_dir)
     with status.action(f"Evaluating {path}."):
         predictor = open_predictor(spec, "evaluate")
-        pairs = resolve_sources(spec.dataset.test_data_sources)
+        pairs = resolve_sources(spec.dataset.test_data_sources, spec.dataset.archive_limits)
         if not pairs:
             raise SpecError(
                 "dataset.test_data_sources: required for evaluate, not given (image_dir and json_file)."

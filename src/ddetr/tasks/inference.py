@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from ddetr.errors import DataError, SpecError
 from ddetr.spec.sections import Spec
@@ -13,8 +14,11 @@ from ddetr.tasks.results import InferenceResult
 logger = logging.getLogger(__name__)
 
 
-def list_images(image_dirs: list[str]) -> list[Path]:
-    """Every image file under the given folders or archives, sorted per source."""
+def list_images(image_dirs: list[str], limits: Any = None) -> list[Path]:
+    """Every image file under the given folders or archives, sorted per source.
+
+    ``limits`` is ``dataset.archive_limits`` (None: the defaults).
+    """
     from ddetr.data.annotations import find_images
     from ddetr.data.sources import resolve_image_dir
 
@@ -22,7 +26,7 @@ def list_images(image_dirs: list[str]) -> list[Path]:
     for image_dir in image_dirs:
         if not image_dir:
             continue
-        folder = resolve_image_dir(image_dir)
+        folder = resolve_image_dir(image_dir, limits=limits)
         found.extend(find_images(folder))
     if not found:
         raise DataError(f"dataset.infer_data_sources.image_dir: no images found in {image_dirs}.")
@@ -87,7 +91,7 @@ def run(spec: Spec) -> InferenceResult:
         dirs = source.image_dir if isinstance(source.image_dir, list) else [source.image_dir]
         if not any(dirs):
             raise SpecError("dataset.infer_data_sources.image_dir: required for inference, not given.")
-        images = list_images(dirs)
+        images = list_images(dirs, spec.dataset.archive_limits)
         names = resolve_class_names(source.classmap, list(card.class_names), card.num_classes)
         colors = {str(k): parse_color(v) for k, v in (section.color_map or {}).items()}
         batch_size = section.batch_size if section.batch_size > 0 else spec.dataset.batch_size

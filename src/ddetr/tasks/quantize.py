@@ -17,8 +17,9 @@ def _eval_pairs(spec: Any) -> list[tuple[str, str]]:
     """Validation data for the report: ``dataset.test_data_sources`` if set, else ``val_data_sources``."""
     from ddetr.data.sources import resolve_sources
 
-    pairs = resolve_sources(spec.dataset.test_data_sources)
-    return pairs or resolve_sources(spec.dataset.val_data_sources)
+    limits = spec.dataset.archive_limits
+    pairs = resolve_sources(spec.dataset.test_data_sources, limits)
+    return pairs or resolve_sources(spec.dataset.val_data_sources, limits)
 
 
 def weights_bytes(path: str | Path, encryption_key: str | None = None) -> int:
