@@ -11,6 +11,7 @@ import contextlib
 import errno
 import itertools
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -120,3 +121,70 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     with atomic_open(path, "wb") as handle:
         handle.write(data)
     return Path(path)
+
+
+def atomic_symlink(target: str | os.PathLike[str], link: str | os.PathLike[str]) -> Path:
+    """Point the symbolic link ``link`` at ``target``, replacing any existing link or file atomically.
+
+    The new link is made under a temporary name in the link's folder, renamed over ``link`` with
+    ``os.replace``, and the folder is fsynced: a reader sees the old link or the new one, never none.
+
+    Args:
+        target: what the link points to, stored as given (pass a relative path for a relocatable folder).
+        link: the link's path.
+
+    Returns:
+        ``link`` as a Path.
+    """
+    final = Path(link)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}-{next(_CALLS)}.tmplink")
+    try:
+        os.symlink(os.fspath(target), tmp)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-\d+\.tmp(link|.*)$")
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_path` and :func:`atomic_symlink` left by dead processes.
+
+    A process killed mid-write (SIGKILL, power loss) leaves its hidden temporary file beside the final one;
+    a later run calls this on the folders it writes to. Files of a process that is still alive are kept.
+
+    Args:
+        folder: the folder to clean (not recursive); a missing folder is fine.
+
+    Returns:
+        The paths removed.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed = []
+    for path in root.iterdir():
+        match = _TEMP_NAME.match(path.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True

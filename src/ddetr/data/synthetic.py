@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ddetr.fileio import atomic_write_text
+from ddetr.fileio import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ def _write_split(
         rng = np.random.default_rng([seed, split_seed, i])
         image, objects = _draw_image(rng, w, h, counts, sizes)
         name = f"{i:06d}.jpg"
-        image.save(image_dir / name, format="JPEG", quality=92)
+        with atomic_path(image_dir / name) as tmp:
+            image.save(tmp, format="JPEG", quality=92)
         images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
         for cls, (x1, y1, x2, y2) in objects:
             annotations.append(

@@ -11,6 +11,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from ddetr.fileio import atomic_symlink, remove_stale_temps
+
 logger = logging.getLogger(__name__)
 
 LATEST_NAME = "dd_model_latest"
@@ -42,6 +44,13 @@ class TaoCheckpoint(ModelCheckpoint):
             **every,
         )
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Lightning's setup, then remove temporary files a killed earlier run left in the checkpoint folder."""
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath:
+            for path in remove_stale_temps(self.dirpath):
+                logger.info("Removed %s, left by a run killed while saving.", path.name)
+
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
@@ -64,11 +73,7 @@ class TaoCheckpoint(ModelCheckpoint):
     def _link_checkpoint(trainer: pl.Trainer, filepath: str, linkpath: str) -> None:
         # replace the link atomically: a reader never sees a missing or dangling latest link
         if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
-            tmp = f"{linkpath}.tmp{os.getpid()}"
-            if os.path.lexists(tmp):
-                os.remove(tmp)
-            os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), tmp)
-            os.replace(tmp, linkpath)
+            atomic_symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), linkpath)
         trainer.strategy.barrier()
 
 

@@ -10,26 +10,26 @@ file a user hands us and must not be able to run code.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from ddetr.artefacts.checkpoint import load_torch_file
-from ddetr.crypto import write_bytes_atomic
+from ddetr.artefacts.checkpoint import atomic_torch_save, load_torch_file
 
 
 class EncryptedCheckpointIO(TorchCheckpointIO):
     """``torch.save``/``torch.load`` through :mod:`ddetr.crypto`.
 
-    With a key, checkpoints are serialised in memory, encrypted and written atomically (temporary file in
-    the same folder, fsync, rename). Without one, saving is Lightning's own. Loading decrypts encrypted files
-    (a missing or wrong key is a one-line CheckpointError); every file, encrypted or plain, is unpickled
-    weights-only.
+    Every local checkpoint is written atomically by :func:`ddetr.artefacts.checkpoint.atomic_torch_save`:
+    a temporary file in the destination folder, fsync, ``os.replace``, fsync of the folder, so a kill never
+    leaves a truncated file under the final name nor an orphan in ``TMPDIR`` (Lightning's own writer goes
+    through a temporary file in ``TMPDIR`` that is copied, not renamed, when it is on another file system).
+    With a key the file is encrypted. Remote URLs (``s3://...``) are left to Lightning's writer. Loading
+    decrypts encrypted files (a missing or wrong key is a one-line CheckpointError); every file, encrypted or
+    plain, is unpickled weights-only.
 
     Args:
         encryption_key: the spec's ``encryption_key``; empty or None writes plain checkpoints.
@@ -47,15 +47,17 @@ class EncryptedCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any | None = None
     ) -> None:
-        """Write ``checkpoint`` to ``path``, encrypted when a key is set."""
-        if self._key is None:
+        """Write ``checkpoint`` to ``path`` atomically in its own folder, encrypted when a key is set."""
+        remote = "://" in str(path) and not str(path).startswith("file://")
+        if remote and self._key is None:
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__}.save_checkpoint does not take storage_options")
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        write_bytes_atomic(Path(path), buffer.getbuffer(), self._key)
+        if storage_options is not None or remote:
+            raise TypeError(
+                f"{type(self).__name__}.save_checkpoint takes a local path and no storage_options"
+            )
+        local = str(path).removeprefix("file://")
+        atomic_torch_save(checkpoint, local, self._key)
 
     def load_checkpoint(
         self,

@@ -74,7 +74,7 @@ def run(spec: Spec) -> InferenceResult:
     from rich.progress import Progress
 
     from ddetr.data.coco import load_image
-    from ddetr.fileio import atomic_write_text
+    from ddetr.fileio import atomic_path, atomic_write_text
     from ddetr.model.predict import detect
     from ddetr.model.preprocess import preprocess_images
     from ddetr.tasks.common import model_path, open_predictor, prepare_results_dir, status_logger
@@ -131,9 +131,10 @@ def run(spec: Spec) -> InferenceResult:
                         colors.get(n, class_color(int(lbl))) for n, lbl in zip(labels, det.labels.tolist())
                     ]
                     drawn = draw_detections(im, boxes, labels, scores, cols, section.outline_width)
-                    drawn.save(annotated_dir / f"{p.stem}.jpg", quality=92)
+                    with atomic_path(annotated_dir / f"{p.stem}.jpg") as tmp:
+                        drawn.save(tmp, format="JPEG", quality=92)
                     rows = [kitti_line(n, b, s) for n, b, s in zip(labels, boxes, scores)]
-                    (labels_dir / f"{p.stem}.txt").write_text("\n".join(rows) + ("\n" if rows else ""))
+                    atomic_write_text(labels_dir / f"{p.stem}.txt", "\n".join(rows) + ("\n" if rows else ""))
                     results.extend(det.to_coco(image_id, str(p)))
                     counted += len(rows)
                 progress.advance(task, len(paths))
