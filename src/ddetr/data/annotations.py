@@ -47,13 +47,17 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
 def image_size(path: str | Path) -> tuple[int, int] | None:
     """(height, width) in pixels as displayed (EXIF rotation applied), read from the file header only.
 
+    A PNG's EXIF is read only when its eXIf chunk comes before the pixels (PIL would decode the whole image
+    to look for one after them).
+
     Returns:
         None when the file cannot be opened as an image.
     """
     try:
         with Image.open(path) as im:
             w, h = im.size
-            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap the sides
+            exif_in_header = im.format != "PNG" or "exif" in im.info
+            if exif_in_header and im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # orientations swapping sides
                 w, h = h, w
         return h, w
     except DECODE_ERRORS:

@@ -1,4 +1,9 @@
-"""Dataset checks behind ``ddetr dataset``: every problem of every data source, collected, not raised.
+"""Dataset checks behind ``ddetr dataset`` and ``ddetr train``: every problem of every source, collected.
+
+One set of rules serves both: ``ddetr dataset`` decodes every image and writes a report; training runs the
+same rules on the file headers only (:func:`check_splits` with ``decode=False``: sizes without decoding)
+before its first step, and :func:`enforce` stops it on any error (one line: the count and examples) and
+warns once per kind of warning, with its count.
 
 A split (``train``, ``val``, ...) is one or more sources, each an image folder with a COCO json, or an image
 folder alone (inference and calibration images). :func:`check_splits` resolves each source the way training
@@ -21,6 +26,7 @@ annotation's ``area`` when given, as COCOeval uses it, else ``w * h``).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import Counter
@@ -42,8 +48,12 @@ __all__ = [
     "Split",
     "SplitReport",
     "check_splits",
+    "enforce",
+    "header_check",
     "verify_image",
 ]
+
+logger = logging.getLogger(__name__)
 
 Severity = Literal["error", "warning"]
 SMALL_AREA = 32**2
@@ -211,16 +221,28 @@ def verify_image(path: Path) -> ImageCheck:
     return ImageCheck(image_size(path), None)
 
 
+def header_check(path: Path) -> ImageCheck:
+    """The size from the file header only (PIL opens the file without decoding the pixels): fast, for training.
+
+    A truncated file passes (the loader skips it when it fails to decode); a file PIL cannot identify fails.
+    """
+    size = image_size(path)
+    return ImageCheck(size, None) if size is not None else ImageCheck(None, "not an image PIL can open")
+
+
 def verify_images(
-    paths: Iterable[Path], on_done: Callable[[], None] | None = None, workers: int | None = None
+    paths: Iterable[Path],
+    on_done: Callable[[], None] | None = None,
+    workers: int | None = None,
+    check: Callable[[Path], ImageCheck] = verify_image,
 ) -> dict[Path, ImageCheck]:
-    """Decode each distinct existing file once, on a few threads (PIL releases the GIL while decoding)."""
+    """Check each distinct existing file once with ``check``, on a few threads (PIL releases the GIL)."""
     unique = sorted({p for p in paths if p.is_file()})
     workers = workers or min(4, os.cpu_count() or 1)
     results: dict[Path, ImageCheck] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for path, check in zip(unique, pool.map(verify_image, unique)):
-            results[path] = check
+        for path, check_result in zip(unique, pool.map(check, unique)):
+            results[path] = check_result
             if on_done is not None:
                 on_done()
     return results
@@ -426,6 +448,7 @@ def check_splits(
     cache_dir: Path | None = None,
     progress: Callable[[int], Callable[[], None]] | None = None,
     archive_limits: Any = None,
+    decode: bool = True,
 ) -> list[SplitReport]:
     """Check every source of every split; bad data never raises, it is all in the reports.
 
@@ -435,6 +458,7 @@ def check_splits(
         cache_dir: cache root for archives and remote files (default: :func:`ddetr.data.sources.default_cache_dir`).
         progress: called once with the number of images to decode; returns the callback run after each one.
         archive_limits: ``dataset.archive_limits`` for image archives (None: the defaults).
+        decode: decode every image (``ddetr dataset``); False reads sizes from the headers only (training).
 
     Returns:
         One :class:`SplitReport` per split, in order.
@@ -450,7 +474,7 @@ def check_splits(
                 opened.append(src)
     paths = {p for src in opened for p in src.images if p.is_file()}
     on_done = progress(len(paths)) if progress is not None else None
-    checks = verify_images(paths, on_done)
+    checks = verify_images(paths, on_done, check=verify_image if decode else header_check)
     for src in opened:
         if src.data is None:
             _check_images_only(src, checks)
@@ -459,3 +483,35 @@ def check_splits(
     for split, report in zip(splits, reports):
         _check_split(split, report)
     return reports
+
+
+def enforce(reports: Sequence[SplitReport], extra: Sequence[Problem] = (), *, examples: int = 3) -> None:
+    """Stop on any error, warn once per kind of warning: how training applies the rules of ``ddetr dataset``.
+
+    Args:
+        reports: from :func:`check_splits`.
+        extra: more problems, e.g. from :func:`cross_split_problems`.
+        examples: places shown per kind of problem.
+
+    Raises:
+        DataError: one line with the number of errors, each kind with its count and first places.
+    """
+    problems = [p for r in reports for p in r.problems.values()] + list(extra)
+
+    def shown(p: Problem) -> str:
+        more = f" (e.g. {'; '.join(p.examples[:examples])})" if p.examples else ""
+        return f"{p.message}{more}"
+
+    for p in problems:
+        if p.severity == "warning":
+            logger.warning("%s", shown(p))
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        total = sum(max(p.count, 1) for p in errors)
+        listed = " | ".join(shown(p) for p in errors)
+        raise DataError(
+            " ".join(
+                f"The data has {total} error(s), nothing was trained: {listed} "
+                "(`ddetr dataset` with this spec writes the full report).".split()
+            )
+        )

@@ -8,6 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from ddetr.data.check import Split, check_splits, cross_split_problems, enforce
 from ddetr.data.coco import CocoDetection, check_min_size
 from ddetr.data.collate import collate_detection, num_workers
 from ddetr.data.sources import resolve_sources
@@ -46,14 +47,13 @@ class DetectionDataModule(pl.LightningDataModule):
         self.spec = spec
         ds = spec.dataset
         kwargs = transform_kwargs(spec)
+        train_pairs = resolve_sources(ds.train_data_sources, ds.archive_limits)
+        val_pairs = resolve_sources(ds.val_data_sources, ds.archive_limits)
+        validate(train_pairs, val_pairs, ds.num_classes)
         self.train_set = CocoDetection(
-            resolve_sources(ds.train_data_sources, ds.archive_limits),
-            ds.num_classes,
-            build_transforms(True, **kwargs),
-            train=True,
+            train_pairs, ds.num_classes, build_transforms(True, **kwargs), train=True
         )
         check_min_size(self.train_set, ds.batch_size, spec.train.num_gpus, spec.train.num_nodes)
-        val_pairs = resolve_sources(ds.val_data_sources, ds.archive_limits)
         self.val_set = (
             CocoDetection(val_pairs, ds.num_classes, build_transforms(False, **kwargs), train=False)
             if val_pairs
@@ -85,6 +85,22 @@ class DetectionDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+
+
+def validate(train_pairs: list[tuple[str, str]], val_pairs: list[tuple[str, str]], num_classes: int) -> None:
+    """The rules of ``ddetr dataset`` (:mod:`ddetr.data.check`) on the training and validation data.
+
+    Image sizes come from the file headers (no decoding). Errors stop training before its first step;
+    each kind of warning is logged once with its count.
+
+    Raises:
+        DataError: any error, in one line with the count and examples.
+    """
+    splits = [Split("train", "dataset.train_data_sources", train_pairs)]
+    if val_pairs:
+        splits.append(Split("val", "dataset.val_data_sources", val_pairs))
+    reports = check_splits(splits, num_classes, decode=False)
+    enforce(reports, cross_split_problems(reports, num_classes))
 
 
 def _cuda() -> bool:
