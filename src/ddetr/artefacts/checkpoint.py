@@ -191,10 +191,24 @@ def safe_torch_load(
                 "load does not allow (it could run code); only tensors, plain containers and "
                 "argparse.Namespace are read"
             ) from None
-        reason = text.strip().splitlines()[0] if text.strip() else type(err).__name__
         raise CheckpointError(
-            f"{label}: not a readable PyTorch checkpoint (weights-only torch.load failed: {reason})"
+            f"{label}: not a readable PyTorch checkpoint (damaged, truncated or another kind of file; "
+            f"weights-only torch.load failed: {_load_failure(err)})"
         ) from None
+
+
+def _load_failure(err: BaseException) -> str:
+    """The cause of a failed weights-only load in a few words, without torch's advice to load unsafely."""
+    text = " ".join(str(err).split())
+    cause = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+    if cause:
+        text = cause.group(1).strip()
+    elif "weights_only" in text:  # torch's general notice: what failed is not in it
+        text = ""
+    if isinstance(err, EOFError) and not text:
+        text = "the file ended early (empty or truncated)"
+    text = text.split(". ")[0][:200]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def load_torch_file(
