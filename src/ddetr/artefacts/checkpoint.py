@@ -237,6 +237,8 @@ def _lightning_state_dict(path: Path, state_dict: Mapping[str, Any]) -> dict[str
     ours: dict[str, torch.Tensor] = {}
     other: list[str] = []
     for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path}: Lightning checkpoint has a weight named {key!r}, not a string")
         if key.startswith(LIGHTNING_MODEL_PREFIX):
             ours[key[len(LIGHTNING_MODEL_PREFIX) :]] = value
         elif not key.startswith(LIGHTNING_IGNORED_PREFIXES):
@@ -303,9 +305,11 @@ def load_checkpoint(
             hint = "; it looks like an original Deformable DETR release: run `ddetr import_weights --source original`"
         raise CheckpointError(f"{file}: no ddetr metadata (found top-level keys: {found}){hint}")
 
-    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    bad = [str(k) for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{file}: state_dict entries that are not tensors: {short_list(bad)}")
+        raise CheckpointError(
+            f"{file}: state_dict entries that are not tensors under string names: {short_list(bad)}"
+        )
     card = card.evolve(encrypted=is_encrypted(file))
     return LoadedCheckpoint(
         card=card,

@@ -63,7 +63,20 @@ MAX_INTERPOLATION_STEPS = 100_000
 MAX_INTERPOLATED_CHARS = 1_000_000
 
 
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in ``text`` (quotes ignored: an upper bound is all that is needed)."""
+    depth = deepest = 0
+    for char in re.sub(r"[^\[\]{}]", "", text):
+        depth = depth + 1 if char in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _yaml_load(text: str, source: str) -> Any:
+    # PyYAML's scanner slows down quadratically with open flow brackets ('[' * 2000 takes seconds) before it
+    # fails with RecursionError: refuse deep nesting before parsing
+    if _flow_depth(text) > MAX_SPEC_DEPTH:
+        raise SpecError(f"{source}: not a usable spec: brackets nested more than {MAX_SPEC_DEPTH} deep")
     try:
         return yaml.load(text, Loader=_Loader)
     except RecursionError:
