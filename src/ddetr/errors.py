@@ -23,6 +23,10 @@ class UnavailableError(DdetrError, RuntimeError):
     """A requested facility (GPU, TensorRT, a package) is not available on this machine."""
 
 
+class TrainingError(DdetrError, RuntimeError):
+    """Training cannot go on as configured (e.g. the loss became NaN); the message names what to change."""
+
+
 class Interrupted(Exception):
     """A run stopped from outside (SIGTERM or Ctrl-C) after saving what it could; not a user error.
 

@@ -191,10 +191,24 @@ def safe_torch_load(
                 "load does not allow (it could run code); only tensors, plain containers and "
                 "argparse.Namespace are read"
             ) from None
-        reason = text.strip().splitlines()[0] if text.strip() else type(err).__name__
         raise CheckpointError(
-            f"{label}: not a readable PyTorch checkpoint (weights-only torch.load failed: {reason})"
+            f"{label}: not a readable PyTorch checkpoint (damaged, truncated or another kind of file; "
+            f"weights-only torch.load failed: {_load_failure(err)})"
         ) from None
+
+
+def _load_failure(err: BaseException) -> str:
+    """The cause of a failed weights-only load in a few words, without torch's advice to load unsafely."""
+    text = " ".join(str(err).split())
+    cause = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+    if cause:
+        text = cause.group(1).strip()
+    elif "weights_only" in text:  # torch's general notice: what failed is not in it
+        text = ""
+    if isinstance(err, EOFError) and not text:
+        text = "the file ended early (empty or truncated)"
+    text = text.split(". ")[0][:200]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def load_torch_file(
@@ -223,6 +237,8 @@ def _lightning_state_dict(path: Path, state_dict: Mapping[str, Any]) -> dict[str
     ours: dict[str, torch.Tensor] = {}
     other: list[str] = []
     for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path}: Lightning checkpoint has a weight named {key!r}, not a string")
         if key.startswith(LIGHTNING_MODEL_PREFIX):
             ours[key[len(LIGHTNING_MODEL_PREFIX) :]] = value
         elif not key.startswith(LIGHTNING_IGNORED_PREFIXES):
@@ -289,9 +305,11 @@ def load_checkpoint(
             hint = "; it looks like an original Deformable DETR release: run `ddetr import_weights --source original`"
         raise CheckpointError(f"{file}: no ddetr metadata (found top-level keys: {found}){hint}")
 
-    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    bad = [str(k) for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{file}: state_dict entries that are not tensors: {short_list(bad)}")
+        raise CheckpointError(
+            f"{file}: state_dict entries that are not tensors under string names: {short_list(bad)}"
+        )
     card = card.evolve(encrypted=is_encrypted(file))
     return LoadedCheckpoint(
         card=card,

@@ -51,8 +51,70 @@ def card_from_proto(proto: Any, where: str) -> ModelCard:
     if not isinstance(data, dict):
         raise CheckpointError(f"{where}: its '{METADATA_KEY}' metadata is not a JSON object; re-export it.")
     if "card_version" in data:
-        return ModelCard.from_dict(data, where)
-    return card_from_parts(data, where)  # metadata version 1 (flat, before cards)
+        card = ModelCard.from_dict(data, where)
+    else:
+        card = card_from_parts(data, where)  # metadata version 1 (flat, before cards)
+    check_graph_matches_card(proto, card, where)
+    return card
+
+
+def _dims(value_info: Any) -> list[int | None] | None:
+    """The declared dimensions of a graph input/output (None: a named or unknown axis); None: no shape."""
+    tensor = value_info.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+
+
+def check_graph_matches_card(proto: Any, card: ModelCard, where: str) -> None:
+    """Refuse a graph whose declared shapes contradict its ``ddetr`` metadata (a hand-edited or foreign file).
+
+    Checked where the graph fixes a size: the input is (B, 3, H, W) with (W, H) equal to the card's
+    ``input_size``; ``pred_logits`` is (B, Q, C) and ``pred_boxes`` (B, Q, 4) with the card's Q and C.
+
+    Raises:
+        CheckpointError: one line naming the tensor, what the graph declares and what the metadata says.
+    """
+    by_name = {v.name: v for v in [*proto.graph.input, *proto.graph.output]}
+    problems: list[str] = []
+    image = _dims(by_name[INPUT_NAME])
+    if image is not None:
+        if len(image) != 4:
+            problems.append(f"input '{INPUT_NAME}' is {_shape(image)}, expected 4 dimensions (B, 3, H, W)")
+        elif image[2] is not None and image[3] is not None:
+            fixed = (image[3], image[2])
+            if card.input_size is None or tuple(card.input_size) != fixed:
+                said = "no fixed size" if card.input_size is None else f"input_size {list(card.input_size)}"
+                problems.append(
+                    f"input '{INPUT_NAME}' is fixed at width x height {fixed[0]}x{fixed[1]} but the metadata says {said}"
+                )
+    expected = {"pred_logits": card.num_classes, "pred_boxes": 4}
+    for name, last in expected.items():
+        dims = _dims(by_name[name])
+        if dims is None:
+            continue
+        if len(dims) != 3:
+            problems.append(
+                f"output '{name}' is {_shape(dims)}, expected 3 dimensions (B, Q, {'C' if last != 4 else 4})"
+            )
+            continue
+        if dims[1] is not None and dims[1] != card.num_queries:
+            problems.append(
+                f"output '{name}' has {dims[1]} queries but the metadata says num_queries {card.num_queries}"
+            )
+        if dims[2] is not None and dims[2] != last:
+            what = f"num_classes {last}" if name == "pred_logits" else "4 box coordinates"
+            problems.append(f"output '{name}' ends in {dims[2]} but the metadata says {what}")
+    if problems:
+        raise CheckpointError(
+            f"{where}: the graph does not match its '{METADATA_KEY}' metadata: "
+            + "; ".join(problems)
+            + ". Re-export it."
+        )
+
+
+def _shape(dims: list[int | None]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
 
 
 def load_proto(

@@ -148,6 +148,8 @@ def read_coco_json(json_file: str, local: Path) -> dict[str, Any]:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _fail(json_file, f"invalid JSON ({exc})") from exc
+    except RecursionError:
+        raise _fail(json_file, "invalid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise _fail(json_file, f"top level is a {type(data).__name__}, expected an object")
     for key in ("images", "annotations", "categories"):
@@ -156,6 +158,9 @@ def read_coco_json(json_file: str, local: Path) -> dict[str, Any]:
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
             raise _fail(json_file, f"images[{i}] has no 'id' or 'file_name'")
+        _check_types(json_file, f"images[{i}]", img, {"id": _INT, "width": _SIZE, "height": _SIZE})
+        if not isinstance(img["file_name"], str):
+            raise _fail(json_file, f"images[{i}] file_name {img['file_name']!r} is not a string")
         check_file_name(json_file, i, img)
     for i, ann in enumerate(data["annotations"]):
         missing = [
@@ -163,9 +168,29 @@ def read_coco_json(json_file: str, local: Path) -> dict[str, Any]:
         ]
         if missing:
             raise _fail(json_file, f"annotations[{i}] has no {', '.join(repr(m) for m in missing)}")
-        if not (isinstance(ann["bbox"], list) and len(ann["bbox"]) == 4):
-            raise _fail(json_file, f"annotations[{i}] bbox is not [x, y, w, h]")
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            raise _fail(json_file, f"annotations[{i}] bbox {bbox!r} is not [x, y, w, h] numbers")
+        kinds = {"image_id": _INT, "category_id": _INT, "iscrowd": _FLAG, "area": _SIZE}
+        _check_types(json_file, f"annotations[{i}]", ann, kinds)
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or "id" not in cat:
             raise _fail(json_file, f"categories[{i}] has no 'id'")
+        _check_types(json_file, f"categories[{i}]", cat, {"id": _INT})
     return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# what an entry's fields may hold: (test, words for the message); absent fields are not checked here
+_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
+_SIZE = (lambda v: v is None or _is_number(v), "a number")
+_FLAG = (lambda v: v is None or isinstance(v, (bool, int)), "0 or 1")
+
+
+def _check_types(json_file: str, where: str, entry: dict[str, Any], kinds: dict[str, Any]) -> None:
+    for key, (test, words) in kinds.items():
+        if key in entry and not test(entry[key]):
+            raise _fail(json_file, f"{where} {key} {entry[key]!r} is not {words}")

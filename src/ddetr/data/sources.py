@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ddetr.errors import DataError
+from ddetr.errors import DataError, DdetrError
 from ddetr.spec.sections import ArchiveLimitsSection
 
 logger = logging.getLogger(__name__)
@@ -102,23 +102,44 @@ def _url_to_fs(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, s
         raise DataError(f"Reading '{url}' needs fsspec: pip install fsspec.") from exc
     try:
         return fsspec.core.url_to_fs(url, **(storage_options or {}))
-    except (ImportError, ValueError) as exc:
-        raise DataError(
-            f"Cannot open '{url}': {exc} (for s3:// install s3fs: pip install 'ddetr[s3]')."
-        ) from exc
+    except Exception as exc:  # fsspec drivers raise their own types (botocore, requests, ...)
+        hint = " (for s3:// install s3fs: pip install 'ddetr[s3]')" if url.lower().startswith("s3") else ""
+        raise DataError(f"Cannot open '{url}': {_driver_error(exc)}{hint}.") from None
+
+
+def _driver_error(exc: BaseException) -> str:
+    """A storage driver's exception as a few words on one line (its type when it has no message)."""
+    text = " ".join(str(exc).split())[:300]
+    if isinstance(exc, (ImportError, ValueError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _remote_info(fs: Any, rpath: str, url: str) -> dict[str, Any]:
     try:
         return fs.info(rpath)
-    except FileNotFoundError as exc:
-        raise DataError(f"Remote path '{url}' does not exist.") from exc
-    except OSError as exc:
-        raise DataError(f"Cannot read remote path '{url}': {exc}") from exc
+    except FileNotFoundError:
+        raise DataError(f"Remote path '{url}' does not exist.") from None
+    except Exception as exc:  # no credentials, refused connections, driver errors
+        raise DataError(f"Cannot read remote path '{url}': {_driver_error(exc)}") from None
 
 
 def _fetch_remote(url: str, cache_dir: Path, storage_options: dict[str, Any] | None) -> Path:
-    """Copy a remote file or folder into the cache once; return the local copy."""
+    """Copy a remote file or folder into the cache once; return the local copy.
+
+    Raises:
+        DataError: whatever fsspec or its driver refuses (unknown protocol, missing driver, no credentials,
+            unreachable host, a path that does not exist), in one line.
+    """
+    try:
+        return _copy_remote(url, cache_dir, storage_options)
+    except DdetrError:
+        raise
+    except Exception as exc:  # drivers raise their own types while listing or copying
+        raise DataError(f"Cannot copy remote path '{url}': {_driver_error(exc)}") from None
+
+
+def _copy_remote(url: str, cache_dir: Path, storage_options: dict[str, Any] | None) -> Path:
     fs, rpath = _url_to_fs(url, storage_options)
     info = _remote_info(fs, rpath, url)
     name = posixpath.basename(rpath.rstrip("/")) or "data"

@@ -11,6 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from ddetr.errors import DdetrError
 from ddetr.fileio import atomic_symlink, remove_stale_temps
 
 logger = logging.getLogger(__name__)
@@ -161,16 +162,22 @@ class StatusCallback(Callback):
     ) -> None:
         if not trainer.is_global_zero:
             return
-        if is_interrupt(exception):
+        if isinstance(
+            exception, DdetrError
+        ):  # the message says what to change; resuming as is would not help
+            message = f"Training stopped: {exception}"
+        elif is_interrupt(exception):
             how = "Ctrl-C" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"
             detail = f"interrupted by {how} at epoch {trainer.current_epoch}, step {trainer.global_step}"
+            message = f"Training stopped ({detail}); run the same command again to resume from the latest checkpoint."
         else:
             detail = (
                 f"{type(exception).__name__}: {exception}" if str(exception) else type(exception).__name__
             )
+            message = f"Training stopped ({detail}); run the same command again to resume from the latest checkpoint."
         self.status.write(
             status="FAILURE",
-            message=f"Training stopped ({detail}); run the same command again to resume from the latest checkpoint.",
+            message=message,
             epoch=trainer.current_epoch,
             step=trainer.global_step,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,10 +15,18 @@ import torch
 from torch import Tensor
 
 from ddetr.artefacts.card import ModelCard
-from ddetr.artefacts.checkpoint import LIGHTNING_KEY, lightning_entry
+from ddetr.artefacts.checkpoint import (
+    LIGHTNING_KEY,
+    LIGHTNING_MODEL_PREFIX,
+    describe_mismatch,
+    lightning_entry,
+    state_dict_mismatch,
+)
+from ddetr.errors import CheckpointError, TrainingError
 from ddetr.model.criterion import build_criterion
 from ddetr.model.detector import DeformableDETR
 from ddetr.model.predict import decode
+from ddetr.spec.sections import ModelSection
 
 logger = logging.getLogger(__name__)
 
@@ -98,14 +107,32 @@ class DetectionModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         total, losses, _ = self._losses(batch)
         if not torch.isfinite(total):
-            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            raise FloatingPointError(f"training loss is {total.item()} at step {self.global_step}: {detail}")
+            raise TrainingError(self._divergence_message(total, losses))
         batch_size = batch[0].shape[0]
         self.log("loss", total, prog_bar=True, batch_size=batch_size)
         self.log(TRAIN_LOSS, total, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else 0.0
         self.log("lr", lr, prog_bar=True, batch_size=batch_size)
         return total
+
+    def _divergence_message(self, total: Tensor, losses: dict[str, Tensor]) -> str:
+        """What a non-finite loss means and which spec fields to lower (resuming would diverge again)."""
+        bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
+        optim, train = self.spec.train.optim, self.spec.train
+        lower = (
+            f"lower train.optim.lr (now {optim.lr:g}) and train.optim.lr_backbone (now {optim.lr_backbone:g})"
+        )
+        if train.clip_grad_norm <= 0:
+            lower += ", set train.clip_grad_norm > 0 (now 0: no clipping)"
+        else:
+            lower += f", lower train.clip_grad_norm (now {train.clip_grad_norm:g})"
+        if train.precision == "fp16":
+            lower += ", use train.precision=bf16 or fp32 (now fp16)"
+        return (
+            f"training diverged: the loss is {total.item()} at epoch {self.current_epoch}, step {self.global_step} "
+            f"(non-finite: {', '.join(bad) or 'the weighted total'}); {lower}, then train again from the start "
+            "(or from a checkpoint saved before the divergence); also check the training boxes with `ddetr dataset`"
+        )
 
     def on_validation_epoch_start(self) -> None:
         self._val_losses = []
@@ -185,6 +212,46 @@ class DetectionModule(pl.LightningModule):
         if spec.get("encryption_key"):
             spec["encryption_key"] = ""  # the key never travels inside a file
         checkpoint[LIGHTNING_KEY] = lightning_entry(self.model_card(), spec)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Before Lightning loads a resume checkpoint's weights: refuse another architecture in one line.
+
+        The checkpoint's model card is compared with the spec's architecture fields and classes; a
+        checkpoint without a card is compared by weight names and shapes.
+
+        Raises:
+            CheckpointError: the fields (or weights) that differ, with both values.
+        """
+        where = f"resume checkpoint {getattr(self.trainer, 'ckpt_path', None) or ''}".rstrip()
+        entry = checkpoint.get(LIGHTNING_KEY)
+        card = entry.get("card") if isinstance(entry, Mapping) else None
+        if isinstance(card, Mapping) and isinstance(card.get("model"), Mapping):
+            ours = self.model.model_config
+            theirs = card["model"]
+            differing = []
+            for name in ModelSection.ARCHITECTURE_FIELDS:
+                if ours is None or name not in theirs:
+                    continue
+                mine, other = getattr(ours, name), theirs[name]
+                if (list(mine) if isinstance(mine, (list, tuple)) else mine) != (
+                    list(other) if isinstance(other, (list, tuple)) else other
+                ):
+                    differing.append(f"model.{name} {other!r} vs {mine!r}")
+            if card.get("num_classes") not in (None, self.model.num_classes):
+                differing.append(f"dataset.num_classes {card['num_classes']!r} vs {self.model.num_classes!r}")
+            if differing:
+                raise CheckpointError(
+                    f"{where} is another architecture than the spec (checkpoint vs spec): "
+                    + ", ".join(differing)
+                    + "; set the spec's values to the checkpoint's, or train into another results_dir"
+                )
+        weights = checkpoint.get("state_dict")
+        if isinstance(weights, Mapping):
+            ours = {LIGHTNING_MODEL_PREFIX + k: v for k, v in self.model.state_dict().items()}
+            given = {k: v for k, v in weights.items() if k.startswith(LIGHTNING_MODEL_PREFIX)}
+            problems = describe_mismatch(*state_dict_mismatch(ours, given))
+            if problems:
+                raise CheckpointError(f"{where}: weights do not fit the spec's model: {problems}")
 
 
 def estimated_steps(num_samples: int, batch_size: int, world_size: int) -> int:

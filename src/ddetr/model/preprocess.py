@@ -29,11 +29,17 @@ def load_image(path: str | Path) -> Image.Image:
 
     Raises:
         OSError, SyntaxError, ValueError: the file is corrupt, truncated or not an image.
+        DataError (a ValueError): the image declares more pixels than PIL's limit (``Image.MAX_IMAGE_PIXELS``,
+            twice that is refused before decoding: a "decompression bomb"), so callers that skip unreadable
+            images skip it too.
     """
-    with Image.open(path) as im:
-        im.load()
-        im = ImageOps.exif_transpose(im)
-        return to_rgb(im)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: image too large to decode ({exc})") from None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import re
 import typing
 from collections.abc import Iterable, Sequence
@@ -53,9 +54,33 @@ _Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_i
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
+#: Bounds on what a spec may hold once YAML aliases are expanded: a real spec has a few hundred values and a
+#: nesting depth below 10, so these only stop alias bombs ("billion laughs") and self-referring aliases.
+MAX_SPEC_VALUES = 100_000
+MAX_SPEC_DEPTH = 64
+#: Bound on ``${...}`` resolution: lookups made and characters produced, against references that multiply.
+MAX_INTERPOLATION_STEPS = 100_000
+MAX_INTERPOLATED_CHARS = 1_000_000
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in ``text`` (quotes ignored: an upper bound is all that is needed)."""
+    depth = deepest = 0
+    for char in re.sub(r"[^\[\]{}]", "", text):
+        depth = depth + 1 if char in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _yaml_load(text: str, source: str) -> Any:
+    # PyYAML's scanner slows down quadratically with open flow brackets ('[' * 2000 takes seconds) before it
+    # fails with RecursionError: refuse deep nesting before parsing
+    if _flow_depth(text) > MAX_SPEC_DEPTH:
+        raise SpecError(f"{source}: not a usable spec: brackets nested more than {MAX_SPEC_DEPTH} deep")
     try:
         return yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise SpecError(f"{source}: not a usable spec: YAML nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -118,15 +143,17 @@ def load_spec(
         if not p.is_file():
             what = "is a directory, not a file" if p.is_dir() else "not found"
             raise SpecError(f"experiment spec file {str(p)!r} {what}; pass an existing YAML file with -e")
-        loaded = _yaml_load(p.read_text(encoding="utf-8"), str(p))
+        loaded = _yaml_load(_read_spec_text(p), str(p))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise SpecError(f"{p}: the spec must be a YAML mapping of sections, got {type(loaded).__name__}")
+        check_values(loaded, str(p))
         _check_key_type(loaded, str(p))
         data = loaded
     for item in overrides:
         if isinstance(item, tuple):
+            check_values(item[1], f"{item[0]}", prefix=item[0])
             set_value(data, *item)
         else:
             apply_override(data, item)
@@ -142,6 +169,76 @@ def load_spec(
         shown = ", ".join(f"{k}={v!r}" for k, v in inert.items())
         logger.warning(f"inert fields (accepted for TAO compatibility, no effect here): {shown}")
     return spec
+
+
+def _read_spec_text(path: Path) -> str:
+    """The spec file's text; bytes that are not UTF-8 are one line naming the first bad byte."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"experiment spec file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise SpecError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save the spec as UTF-8"
+        ) from None
+
+
+def check_values(value: Any, source: str, prefix: str = "") -> None:
+    """Refuse what YAML can build but a spec never holds, before anything walks it.
+
+    A container that contains itself (``a: &a [*a]``), more than :data:`MAX_SPEC_VALUES` values once aliases
+    are expanded (nested anchors, "billion laughs"), nesting deeper than :data:`MAX_SPEC_DEPTH`, and a
+    non-finite number (``.inf``, ``.nan``) anywhere. The walk stops at the first problem, so it is bounded by
+    :data:`MAX_SPEC_VALUES` steps whatever the input.
+
+    Args:
+        value: the loaded YAML (or one override's value).
+        source: the file or override, for messages.
+        prefix: the dotted key ``value`` sits at (an override's key; empty for a whole file).
+
+    Raises:
+        SpecError: one line naming the source and, for a number, the dotted field.
+    """
+    seen = 0
+    active: set[int] = set()
+
+    def walk(node: Any, where: str, depth: int) -> None:
+        nonlocal seen
+        seen += 1
+        if seen > MAX_SPEC_VALUES:
+            raise SpecError(
+                f"{source}: more than {MAX_SPEC_VALUES} values once YAML aliases are expanded "
+                "(nested anchors, an 'alias bomb'?); a spec holds a few hundred"
+            )
+        if isinstance(node, float) and not math.isfinite(node):
+            field = where or "the value"
+            raise SpecError(
+                f"{field}: {node} is not a finite number; write a finite value. "
+                f"Fix it in the spec or pass {where.split('[', 1)[0] or 'KEY'}=<value>."
+            )
+        if not isinstance(node, (dict, list)):
+            return
+        if id(node) in active:
+            raise SpecError(
+                f"{source}: {where or 'the spec'} contains itself (a YAML alias inside its own anchor)"
+            )
+        if depth > MAX_SPEC_DEPTH:
+            raise SpecError(
+                f"{source}: {where or 'the spec'} is nested more than {MAX_SPEC_DEPTH} levels deep"
+            )
+        active.add(id(node))
+        if isinstance(node, dict):
+            for key, child in node.items():
+                walk(child, f"{where}.{key}" if where else str(key), depth + 1)
+        else:
+            for index, child in enumerate(node):
+                walk(child, f"{where}[{index}]", depth + 1)
+        active.discard(id(node))
+
+    walk(value, prefix, 0)
 
 
 def explicit_fields(section: BaseModel) -> dict[str, Any]:
@@ -176,6 +273,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         set_value(data, key, raw, f"{KEY_FIELD}=...")
         return
     value = _yaml_load(raw, f"override {key}") if raw.strip() else ""
+    check_values(value, f"override {key}", prefix=key)
     set_value(data, key, value, item)
 
 
@@ -239,8 +337,16 @@ def resolve_interpolations(data: dict[str, Any]) -> dict[str, Any]:
         SpecError: a reference names no key, or references loop.
     """
     used: set[str] = set()
+    steps = 0
 
     def resolve(value: Any, where: str, depth: int = 0) -> Any:
+        nonlocal steps
+        steps += 1
+        if steps > MAX_INTERPOLATION_STEPS:
+            raise SpecError(
+                f"{where or 'spec'}: ${{...}} references expand to more than {MAX_INTERPOLATION_STEPS} values; "
+                "a spec holds a few hundred"
+            )
         if isinstance(value, dict):
             return {k: resolve(v, f"{where}.{k}" if where else str(k), depth) for k, v in value.items()}
         if isinstance(value, list):
@@ -260,7 +366,19 @@ def resolve_interpolations(data: dict[str, Any]) -> dict[str, Any]:
         whole = _INTERP.fullmatch(value)
         if whole:
             return target(whole.group(1))
-        return _INTERP.sub(lambda m: str(target(m.group(1))), value)
+        produced = len(value)
+
+        def substitute(match: re.Match[str]) -> str:
+            nonlocal produced
+            text = str(target(match.group(1)))
+            produced += len(text)
+            if produced > MAX_INTERPOLATED_CHARS:
+                raise SpecError(
+                    f"{where}: ${{...}} references expand to more than {MAX_INTERPOLATED_CHARS} characters"
+                )
+            return text
+
+        return _INTERP.sub(substitute, value)
 
     # the key is verbatim: a "${" in it is part of the key, not a reference
     resolved = resolve({k: v for k, v in data.items() if k != KEY_FIELD}, "")
@@ -412,8 +530,18 @@ def _format_error(err: dict[str, Any]) -> str:
         where = f"section {section!r}" if "." in path else "the top level"
         return f"unknown key {key!r} in {where} ({path}); {hint}"
     if etype in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        allowed = _constraint_text(owner, field) or err["msg"].lower()
-        return f"{path}: {shown} is out of range, must be {allowed}. {fix}"
+        allowed = "" if path.endswith("]") else _constraint_text(owner, field)
+        if not allowed:  # a list item: the bound is the item type's, in the error's context
+            ops = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+            allowed = " and ".join(
+                f"{op} {v}" for k, op in ops.items() if (v := err.get("ctx", {}).get(k)) is not None
+            )
+        return f"{path}: {shown} is out of range, must be {allowed or err['msg'].lower()}. {fix}"
+    if etype == "finite_number":
+        return f"{path}: {shown} is not a finite number; write a finite value. {fix}"
+    if etype == "too_short":
+        need = err.get("ctx", {}).get("min_length", 1)
+        return f"{path}: {shown} is too short, at least {need} item{'s' if need != 1 else ''} needed. {fix}"
     if etype == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return f"{path}: {shown} is not allowed, expected one of {expected}. {fix}"

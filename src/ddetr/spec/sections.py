@@ -16,7 +16,7 @@ Conventions shared by every section:
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -26,6 +26,17 @@ MISSING = "???"
 # ImageNet statistics: the default normalisation of every model (written here only)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Upper bounds of the size fields: far above any real model or image, low enough that a typo (2**40) is a
+#: one-line spec error instead of an out-of-memory crash.
+MAX_WIDTH = 8192  # hidden_dim
+MAX_FEEDFORWARD = 65536  # dim_feedforward
+MAX_QUERIES = 10_000  # num_queries, num_select
+MAX_POINTS = 64  # enc_n_points, dec_n_points
+MAX_HEADS = 256  # nheads
+MAX_SIDE = 16384  # image sides in pixels (resizes, crops)
+MAX_CLASSES = 100_000  # num_classes
+#: one image side in pixels, as list items take it
+Side = Annotated[int, Field(ge=1, le=MAX_SIDE)]
 
 
 def spec_field(
@@ -87,7 +98,10 @@ class Section(BaseModel):
     default is not a string becomes the default too (only string fields can carry the marker).
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # allow_inf_nan=False: inf and NaN (also written as strings) are refused in every float field
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -118,7 +132,7 @@ class ModelSection(Section):
         "", description="backbone-only weights (torchvision or timm state dict)"
     )
     num_queries: int = spec_field(
-        300, ge=1, automl=True, automl_range=(100, 900), description="object queries"
+        300, ge=1, le=MAX_QUERIES, automl=True, automl_range=(100, 900), description="object queries"
     )
     num_feature_levels: int = spec_field(
         4,
@@ -137,18 +151,19 @@ class ModelSection(Section):
     hidden_dim: int = spec_field(
         256,
         ge=8,
+        le=MAX_WIDTH,
         never_searched="must stay a multiple of 32 and of model.nheads",
         description="transformer width",
     )
     nheads: int = spec_field(
-        8, ge=1, never_searched="must divide model.hidden_dim", description="attention heads"
+        8, ge=1, le=MAX_HEADS, never_searched="must divide model.hidden_dim", description="attention heads"
     )
     enc_layers: int = spec_field(6, ge=1, le=12, automl=True)
     dec_layers: int = spec_field(6, ge=1, le=12, automl=True)
-    dim_feedforward: int = spec_field(1024, ge=1)
+    dim_feedforward: int = spec_field(1024, ge=1, le=MAX_FEEDFORWARD)
     dropout_ratio: float = spec_field(0.3, ge=0.0, lt=1.0)
-    enc_n_points: int = spec_field(4, ge=1)
-    dec_n_points: int = spec_field(4, ge=1)
+    enc_n_points: int = spec_field(4, ge=1, le=MAX_POINTS)
+    dec_n_points: int = spec_field(4, ge=1, le=MAX_POINTS)
     aux_loss: bool = spec_field(True, description="losses on every decoder layer")
     cls_loss_coef: float = spec_field(2.0, ge=0.0, description="focal loss weight and matcher class cost")
     bbox_loss_coef: float = spec_field(5.0, ge=0.0, description="L1 loss weight and matcher L1 cost")
@@ -157,6 +172,7 @@ class ModelSection(Section):
     num_select: int = spec_field(
         300,
         ge=1,
+        le=MAX_QUERIES,
         automl=True,
         automl_range=(1, 1000),
         condition="<= num_queries and < num_queries * num_classes",
@@ -232,35 +248,44 @@ class InferDataSource(Section):
 class AugmentationSection(Section):
     """``dataset.augmentation``: train and test image transforms."""
 
-    scales: list[int] = spec_field(
+    scales: list[Side] = spec_field(
         [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800],
+        min_length=1,
         never_searched="a list of sizes",
-        description="random shortest-side resize sizes",
+        description="random shortest-side resize sizes (at least one)",
     )
     input_mean: list[float] = spec_field(list(IMAGENET_MEAN), description="per-channel RGB mean")
     input_std: list[float] = spec_field(list(IMAGENET_STD), description="per-channel RGB std")
-    train_random_resize: list[int] = spec_field([400, 500, 600], description="resize before the random crop")
+    train_random_resize: list[Side] = spec_field(
+        [400, 500, 600], min_length=1, description="resize before the random crop (at least one)"
+    )
     horizontal_flip_prob: float = spec_field(0.5, ge=0.0, le=1.0, automl=True)
-    train_random_crop_min: int = spec_field(384, ge=1, automl=True, automl_range=(32, None))
+    train_random_crop_min: int = spec_field(384, ge=1, le=MAX_SIDE, automl=True, automl_range=(32, None))
     train_random_crop_max: int = spec_field(
         600,
         ge=1,
+        le=MAX_SIDE,
         automl=True,
         automl_range=(32, 1333),
         condition="> train_random_crop_min",
         description="must be > train_random_crop_min",
     )
-    random_resize_max_size: int = spec_field(1333, ge=1, description="longest side cap after resizing")
+    random_resize_max_size: int = spec_field(
+        1333, ge=1, le=MAX_SIDE, description="longest side cap after resizing"
+    )
     test_random_resize: int = spec_field(
         800,
         ge=1,
+        le=MAX_SIDE,
         never_searched="trials must be scored at the same size",
         description="shortest side at evaluation and inference",
     )
     fixed_padding: bool = spec_field(
         True, inert=True, description="TAO: pad every batch to the largest possible size"
     )
-    fixed_random_crop: int | None = spec_field(None, ge=1, description="square large-scale-jitter crop size")
+    fixed_random_crop: int | None = spec_field(
+        None, ge=1, le=MAX_SIDE, description="square large-scale-jitter crop size"
+    )
 
 
 class ArchiveLimitsSection(Section):
@@ -299,6 +324,7 @@ class DatasetSection(Section):
     num_classes: int = spec_field(
         91,
         ge=1,
+        le=MAX_CLASSES,
         never_searched="a property of the data",
         description="largest category id + 1 (id 0 unused)",
     )
@@ -434,8 +460,8 @@ class _RunModelSection(Section):
     num_nodes: int = spec_field(1, ge=1, inert=True)
     batch_size: int = spec_field(-1, ge=-1, description="-1: dataset.batch_size")
     conf_threshold: float = spec_field(0.0, ge=0.0, le=1.0)
-    input_width: int | None = spec_field(None, ge=1, description="both set: fixed resize")
-    input_height: int | None = spec_field(None, ge=1)
+    input_width: int | None = spec_field(None, ge=1, le=MAX_SIDE, description="both set: fixed resize")
+    input_height: int | None = spec_field(None, ge=1, le=MAX_SIDE)
 
 
 class EvaluateSection(_RunModelSection):
@@ -464,8 +490,8 @@ class ExportSection(Section):
     opset_version: int = spec_field(17, ge=1)
     batch_size: int = spec_field(-1, ge=-1, description="-1: dynamic batch axis")
     input_channel: int = spec_field(3, ge=1, le=3)
-    input_width: int = spec_field(640, ge=32)
-    input_height: int = spec_field(640, ge=32)
+    input_width: int = spec_field(640, ge=32, le=MAX_SIDE)
+    input_height: int = spec_field(640, ge=32, le=MAX_SIDE)
     on_cpu: bool = spec_field(
         False, description="true: plain ONNX ops only; false: TensorRT attention plugin"
     )
