@@ -176,7 +176,12 @@ class Registry:
         sqlite = self.url.startswith("sqlite")
         if sqlite and create:
             database = self.url.split(":///", 1)[-1]
-            if database and database != ":memory:":
+            if (
+                database
+                and database != ":memory:"
+                and not database.startswith("file:")
+                and "?" not in database
+            ):
                 try:
                     Path(database).parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
