@@ -46,7 +46,9 @@ def _order(item: Artefact) -> tuple[int, int]:
     return (item.step if item.step is not None else -1, item.epoch if item.epoch is not None else -1)
 
 
-def choose(job: Job, found: list[Artefact], kinds: tuple[str, ...], select: str, wanted: str) -> Artefact:
+def choose(
+    job: Job, found: list[Artefact], kinds: tuple[str, ...], select: str, wanted: str, suffix: str = ""
+) -> Artefact:
     """The artefact of one of ``kinds`` that ``select`` names.
 
     Args:
@@ -54,7 +56,8 @@ def choose(job: Job, found: list[Artefact], kinds: tuple[str, ...], select: str,
         found: its model artefacts (:func:`candidates`).
         kinds: artefact kinds the action takes, most wanted first.
         select: ``best``, ``latest``, ``epoch=N`` or ``step=N``.
-        wanted: what the action needs, for messages (e.g. ``a checkpoint``).
+        wanted: what the action needs, for messages (e.g. ``checkpoint``).
+        suffix: only files with this suffix (e.g. ``.onnx``) are taken.
 
     Raises:
         JobError: no artefact of those kinds (naming what the job has), or none at that epoch/step.
@@ -62,11 +65,13 @@ def choose(job: Job, found: list[Artefact], kinds: tuple[str, ...], select: str,
     how, number = parse_select(select)
     usable = []
     for kind in kinds:
-        usable = [a for a in found if a.kind == kind]
+        usable = [a for a in found if a.kind == kind and a.path.endswith(suffix)]
         if usable:
             break
     if not usable:
-        has = sorted({a.kind for a in found})
+        has = sorted(
+            {f"{a.kind} ({Path(a.path).suffix})" if a.kind == "quantized" else a.kind for a in found}
+        )
         what = ", ".join(has) if has else "no model file"
         raise JobError(
             f"parent job {job.id} ({job.action}, {job.status}) has no {wanted} to use: it has {what}"

@@ -150,9 +150,8 @@ def resolve_parent(spec: Spec, action: str) -> Spec:
         logger.info("%s is given in the spec: it wins over parent job %s's artefacts", explicit, job.id)
         return spec
     found = candidates(registry, job)
-    if action == "gen_trt_engine":
-        found = [a for a in found if a.path.endswith(".onnx")]
-    chosen = choose(job, found, _TAKES[action], spec.parent_select, f"{_WANTED[action]}")
+    suffix = ".onnx" if action == "gen_trt_engine" else ""
+    chosen = choose(job, found, _TAKES[action], spec.parent_select, _WANTED[action], suffix)
     verify(job, chosen)
     target = _model_fields(spec, action)[0]
     if action in ("evaluate", "inference") and not chosen.path.endswith(".pth"):
