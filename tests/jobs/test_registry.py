@@ -183,3 +183,24 @@ def test_every_action_writes_job_json_and_its_record(tmp_path: Path, monkeypatch
     assert {a.kind for a in job.artefacts} == {"spec"} and all(a.sha256 for a in job.artefacts)
     assert "secret-key" not in job.spec and "encryption_key: ''" in job.spec
     assert time.time() - job.started < 600
+
+
+def test_jobs_command_show_best_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "jobs.db")
+    job_id = _checkpoints(Registry(db), tmp_path / "train", [0.1, 0.3, 0.2])
+    assert cli_main(["jobs", "best", job_id, "--db", db]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "train" / "model_epoch_001_step_00020.pth")
+    assert cli_main(["jobs", "best", job_id, "--db", db, "--select", "latest", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 30
+    assert cli_main(["jobs", "show", job_id, "--db", db]) == 0
+    shown = capsys.readouterr().out
+    assert f"job        {job_id}" in shown and shown.count("artefact   checkpoint") == 3 and "sha256" in shown
+    assert cli_main(["jobs", "show", job_id, "--db", db, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["artefacts"]) == 3
+    assert cli_main(["jobs", "list", "--db", db, "--action", "evaluate"]) == 0
+    assert "no jobs" in capsys.readouterr().out
+    assert cli_main(["jobs", "show", "--db", db]) == 2
+    assert "give a job id" in capsys.readouterr().err
+    # --select without a parent is a one-line error before anything runs
+    assert cli_main(["export", f"results_dir={tmp_path}", "--select", "epoch=1"]) == 2
+    assert "no parent is given" in capsys.readouterr().err

@@ -140,6 +140,11 @@ def resolve_parent(spec: Spec, action: str) -> Spec:
                 value.resolve().name,
             )
     if not is_set(spec.parent_job_id):
+        if spec.parent_select.strip().lower() != "best":
+            raise JobError(
+                f"parent_select={spec.parent_select} chooses among a parent job's files, and no parent is given; "
+                "add --parent JOB (parent_job_id=JOB)"
+            )
         return spec
     registry = _open(spec)
     job = registry.get(spec.parent_job_id)
