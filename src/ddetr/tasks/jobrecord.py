@@ -303,6 +303,12 @@ def outputs(result: Any, inputs: dict[str, Any]) -> tuple[list[Artefact], dict[s
     return arts, {k: v for k, v in kpis.items() if v is not None}
 
 
+def _partial_train(folder: Path, records: Any) -> Any:
+    from ddetr.tasks.results import TrainResult
+
+    return TrainResult(folder, tuple(records), None, None, 0, 0, float("nan"))
+
+
 def _close(frame: _Frame, status: str, reason: str = "", result: Any = None) -> None:
     frame.stop.set()
     if frame.env_before is not None or (frame.action == "automl" and frame.job_id):
@@ -314,6 +320,13 @@ def _close(frame: _Frame, status: str, reason: str = "", result: Any = None) -> 
         return
     try:
         kpis: dict[str, Any] = {}
+        if result is None and frame.action == "train" and frame.folder is not None:
+            # a stopped training's checkpoints (the one saved on SIGTERM included) can still be parents
+            from ddetr.tasks.train import checkpoint_records
+
+            records = checkpoint_records(frame.folder)
+            arts, _ = outputs(_partial_train(frame.folder, records), frame.inputs)
+            frame.registry.add_artefacts(frame.job_id, arts)
         if result is not None:
             arts, kpis = outputs(result, frame.inputs)
             frame.registry.add_artefacts(frame.job_id, arts)
