@@ -73,3 +73,18 @@ def _restore_logging():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _jobs_db(tmp_path_factory: pytest.TempPathFactory):
+    """Every action a test runs records into a job registry in a temporary folder, never ~/.ddetr/jobs.db."""
+    import os
+
+    folder = tmp_path_factory.mktemp("jobs")
+    before = os.environ.get("DDETR_JOBS_DB")
+    os.environ["DDETR_JOBS_DB"] = str(folder / "jobs.db")
+    yield folder / "jobs.db"
+    if before is None:
+        os.environ.pop("DDETR_JOBS_DB", None)
+    else:
+        os.environ["DDETR_JOBS_DB"] = before

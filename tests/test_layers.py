@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("model",),
     ("data", "viz"),
     ("runtime",),
-    ("engine", "deploy", "automl"),
+    ("engine", "deploy", "automl", "jobs"),
     ("tasks",),
     ("api",),
     ("cli",),

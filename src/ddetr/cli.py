@@ -63,6 +63,78 @@ def _add_spec_args(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "Any number of dotted key=value overrides may follow, e.g. train.num_epochs=20."
 
 
+PARENT_ACTIONS = ("train", "evaluate", "inference", "export", "quantize", "gen_trt_engine")
+
+
+def _add_parent_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--parent",
+        default=None,
+        metavar="JOB",
+        help="take the model file from this job's artefacts (same as parent_job_id=JOB; docs/jobs.md)",
+    )
+    parser.add_argument(
+        "--select",
+        default=None,
+        metavar="WHICH",
+        help="which artefact of the parent: best (highest val_mAP, the default), latest, epoch=N or step=N",
+    )
+
+
+def _add_jobs_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "command", choices=("list", "show", "tree", "best"), help="list jobs, show one, its lineage, its best"
+    )
+    parser.add_argument("job", nargs="?", default=None, metavar="JOB", help="job id (or a unique prefix)")
+    parser.add_argument(
+        "--db",
+        default=None,
+        help="registry file or SQLAlchemy URL (default: $DDETR_JOBS_DB, else ~/.ddetr/jobs.db)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--action", dest="only_action", default=None, help="list: only this action")
+    parser.add_argument(
+        "--status", default=None, help="list: only this status (running, success, failure, interrupted, lost)"
+    )
+    parser.add_argument("--limit", type=int, default=50, help="list: at most this many jobs (0: all)")
+    parser.add_argument("--select", default="best", help="best: best|latest|epoch=N|step=N")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    """``ddetr jobs ...``: print from the registry (no spec needed)."""
+    import json
+
+    from ddetr.jobs.registry import Registry
+    from ddetr.jobs.view import best, list_table, show_text, tree, tree_lines
+
+    registry = Registry(args.db)
+    if args.command == "list":
+        found = registry.list(action=args.only_action, status=args.status, limit=args.limit or None)
+        if args.json:
+            print(
+                json.dumps([{k: v for k, v in j.to_dict().items() if k != "spec"} for j in found], indent=2)
+            )
+        else:
+            print(list_table(found) if found else f"no jobs in {registry.shown}")
+        return 0
+    if not args.job:
+        raise SpecError(f"ddetr jobs {args.command}: give a job id (see ddetr jobs list)")
+    if args.command == "show":
+        job = registry.get(args.job)
+        print(json.dumps(job.to_dict(), indent=2) if args.json else show_text(job))
+    elif args.command == "tree":
+        data = tree(registry, args.job)
+        print(json.dumps(data, indent=2) if args.json else "\n".join(tree_lines(data)))
+    else:
+        job, art = best(registry, args.job, args.select)
+        if args.json:
+            print(json.dumps({"job_id": job.id, **art.__dict__}, indent=2))
+        else:
+            print(art.path)
+    return 0
+
+
 CONVERT_DESCRIPTION = """\
 Convert detection labels to one COCO json that a spec's json_file can name. Categories get ids 1..N in the
 order of --classes (id 0 unused), so the spec needs dataset.num_classes: N + 1 (printed at the end).
@@ -148,7 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ddetr {__version__}")
     sub = parser.add_subparsers(dest="action", metavar="action", required=True, parser_class=_Parser)
     for action in SPEC_ACTIONS:
-        _add_spec_args(sub.add_parser(action, help=_HELP[action]))
+        action_parser = sub.add_parser(action, help=_HELP[action])
+        _add_spec_args(action_parser)
+        if action in PARENT_ACTIONS:
+            _add_parent_args(action_parser)
+    _add_jobs_args(sub.add_parser("jobs", help="the job registry: list, show, tree, best (docs/jobs.md)"))
     weights = sub.add_parser("import_weights", help="convert original-repository or Hugging Face weights")
     weights.add_argument("--source", required=True, choices=("original", "hf"), help="layout of INPUT")
     weights.add_argument("input", metavar="INPUT", help="checkpoint file, or a Hugging Face model folder")
@@ -219,6 +295,10 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
             "encryption_key=..." if a.startswith("encryption_key=") else a for a in extra
         ]  # never the key
         raise SpecError(f"ddetr {args.action}: unrecognized arguments: {' '.join(shown)}")
+    if args.action == "jobs":
+        if extra:
+            raise SpecError(f"ddetr jobs: unrecognized arguments: {' '.join(extra)}")
+        return _jobs(args)
     if args.action == "import_weights":
         imported = api.import_weights(args.source, args.input, args.output)
         print(f"imported {imported.describe()}")
@@ -244,6 +324,10 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         overrides.append(f"results_dir={args.results_dir}")
     # -k is the key verbatim (a Python value, never parsed as YAML)
     keyword = {"encryption_key": args.key} if args.key is not None else {}
+    if getattr(args, "parent", None) is not None:  # passed as Python strings: an id of digits stays a string
+        keyword["parent_job_id"] = args.parent
+    if getattr(args, "select", None) is not None:
+        keyword["parent_select"] = args.select
     result = api.run_action(args.action, args.spec, overrides=overrides, **keyword)
     logger.info(summary_line(args.action, result))
     return 0

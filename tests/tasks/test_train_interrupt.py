@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -55,6 +56,12 @@ def test_sigterm_saves_the_current_step_exits_143_and_resumes(tiny_spec_args: li
     assert stopped_at > 4
     raw = load_checkpoint(saved).raw
     assert raw["global_step"] == stopped_at
+    # the job registry has the run as interrupted, with the checkpoint saved on SIGTERM among its artefacts
+    from ddetr.jobs.registry import Registry
+
+    job = Registry().get(json.loads((train_dir / "job.json").read_text())["job_id"])
+    assert job.status == "interrupted" and "SIGTERM" in job.reason
+    assert str(saved) in [a.path for a in job.artefacts if a.kind == "checkpoint"]
 
     # the same command (fewer epochs so the test ends) resumes from that step and finishes
     final_epochs = epoch + 2

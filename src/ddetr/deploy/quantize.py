@@ -75,6 +75,8 @@ def plan_quantization(section: Any, calibration_source: Any, out_dir: Path) -> Q
     model_path = Path(section.model_path)
     if not model_path.is_file():
         raise CheckpointError(f"quantize.model_path: {model_path} does not exist (or is not a file).")
+    if model_path.is_symlink():  # the latest link: outputs are named after the file it points at
+        model_path = model_path.resolve()
     unknown = sorted(set(section.backend_kwargs) - KNOWN_BACKEND_KWARGS)
     if unknown:
         raise SpecError(

@@ -605,6 +605,16 @@ class Spec(Section):
     gen_trt_engine: GenTrtEngineSection = spec_field(GenTrtEngineSection())
     automl: AutomlSection = spec_field(AutomlSection())
     automl_policy: Literal["on", "off"] = spec_field("off")
+    jobs_db: str = spec_field(
+        "",
+        description="(+) job registry: a file or SQLAlchemy URL; empty: $DDETR_JOBS_DB, else ~/.ddetr/jobs.db",
+    )
+    parent_job_id: str = spec_field(
+        "", description="(+) the job whose artefact this action takes (docs/jobs.md); an explicit path wins"
+    )
+    parent_select: str = spec_field(
+        "best", description="(+) which artefact of the parent job: best, latest, epoch=N or step=N"
+    )
 
     @field_validator("automl_policy", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ddetr.spec.sections import Spec
+from ddetr.tasks.jobrecord import recorded
 from ddetr.tasks.results import AutomlResult
 
 logger = logging.getLogger(__name__)
@@ -14,6 +15,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["maybe_route", "run", "search_result", "wants_search"]
 
 
+@recorded("automl")
 def run(spec: Spec) -> AutomlResult:
     """Run, resume or join the search in ``<results_dir>/automl``.
 

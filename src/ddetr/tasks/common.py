@@ -79,6 +79,9 @@ def prepare_results_dir(spec: Spec, action: str) -> Path:
     # the record of the run leaves the encryption key out (it would sit in plain text beside encrypted files)
     recorded = spec.model_copy(update={"encryption_key": ""}) if spec.encryption_key else spec
     dump_spec(recorded, folder / "experiment.yaml")
+    from ddetr.tasks.jobrecord import started
+
+    started(spec, action, folder)  # the job registry's record of this run, and <folder>/job.json
     logger.debug(f"{action}: results in {folder}")
     return folder
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from ddetr.errors import DataError, SpecError
 from ddetr.spec.sections import Spec
+from ddetr.tasks.jobrecord import recorded
 from ddetr.tasks.results import DatasetResult
 
 logger = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ def print_summary(report: dict[str, Any], class_names: dict[int, str]) -> None:
         console.print(f"... and {len(problems) - _MAX_TABLE_PROBLEMS} more in the report.")
 
 
+@recorded("dataset")
 def run(spec: Spec) -> DatasetResult:
     """Check the data; writes the report, the plot and status.json under ``<results_dir>/dataset``.
 

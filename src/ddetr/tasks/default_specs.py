@@ -13,6 +13,7 @@ from ddetr.fileio import atomic_write_text
 from ddetr.spec.schema import ACTION_SECTIONS, template_yaml
 from ddetr.spec.sections import Spec
 from ddetr.tasks.common import prepare_results_dir, status_logger
+from ddetr.tasks.jobrecord import recorded
 from ddetr.tasks.results import DefaultSpecsResult
 
 logger = logging.getLogger(__name__)
@@ -20,6 +21,7 @@ logger = logging.getLogger(__name__)
 TEMPLATE_ACTIONS: tuple[str, ...] = tuple(ACTION_SECTIONS)
 
 
+@recorded("default_specs")
 def run(spec: Spec) -> DefaultSpecsResult:
     """Write ``<results_dir>/{train,evaluate,inference,export,quantize,gen_trt_engine,automl}.yaml``.
 

@@ -10,6 +10,7 @@ from ddetr.errors import SpecError
 from ddetr.fileio import atomic_write_text
 from ddetr.model.predict import class_name
 from ddetr.spec.sections import Spec
+from ddetr.tasks.jobrecord import recorded
 from ddetr.tasks.results import EvaluateResult
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def print_metrics(title: str, stats: dict[str, float], per_class: dict[str, floa
     Console(stderr=True).print(table)
 
 
+@recorded("evaluate")
 def run(spec: Spec) -> EvaluateResult:
     """Evaluate; writes metrics.json, detections.json and status.json under ``<results_dir>/evaluate``.
 

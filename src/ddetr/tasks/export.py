@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ddetr.errors import CheckpointError
 from ddetr.spec.sections import Spec
+from ddetr.tasks.jobrecord import recorded
 from ddetr.tasks.results import ExportResult
 
 logger = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ def tensorrt_installed() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
+@recorded("export")
 def run(spec: Spec) -> ExportResult:
     """Export; writes the ONNX file (default ``<results_dir>/export/<checkpoint stem>.onnx``) and status.json.
 
@@ -40,6 +42,8 @@ def run(spec: Spec) -> ExportResult:
     checkpoint = Path(require(spec, "export.checkpoint"))
     if not checkpoint.is_file():
         raise CheckpointError(f"export.checkpoint: {checkpoint} does not exist (or is not a file).")
+    if checkpoint.is_symlink():  # the latest link: the ONNX file is named after the checkpoint it points at
+        checkpoint = checkpoint.resolve()
     out_dir = prepare_results_dir(spec, "export")
     onnx_file = Path(section.onnx_file) if section.onnx_file else out_dir / f"{checkpoint.stem}.onnx"
     status = StatusLogger(out_dir / "status.json")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ddetr.errors import CheckpointError
 from ddetr.spec.sections import Spec
+from ddetr.tasks.jobrecord import recorded
 from ddetr.tasks.results import GenTrtEngineResult
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ def plan(spec: Spec) -> tuple[TrtBuildSettings, ModelCard]:
     return settings, card
 
 
+@recorded("gen_trt_engine")
 def run(spec: Spec) -> GenTrtEngineResult:
     """Build the engine; writes it, its ``.json`` sidecar and status.json under ``<results_dir>/gen_trt_engine``.
 

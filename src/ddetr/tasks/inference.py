@@ -9,6 +9,7 @@ from typing import Any
 
 from ddetr.errors import DataError, SpecError
 from ddetr.spec.sections import Spec
+from ddetr.tasks.jobrecord import recorded
 from ddetr.tasks.results import InferenceResult
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def kitti_line(name: str, box: list[float], score: float) -> str:
     return f"{name} 0.00 0 0.00 {x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f} 0.00 0.00 0.00 0.00 0.00 0.00 0.00 {score:.4f}"
 
 
+@recorded("inference")
 def run(spec: Spec) -> InferenceResult:
     """Run inference; writes images_annotated/, labels/ and detections.json under ``<results_dir>/inference``.
 

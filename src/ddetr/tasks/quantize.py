@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ddetr.spec.sections import Spec
+from ddetr.tasks.jobrecord import recorded
 from ddetr.tasks.results import QuantizeResult
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def weights_bytes(path: str | Path, encryption_key: str | None = None) -> int:
     return buffer.tell()
 
 
+@recorded("quantize")
 def run(spec: Spec) -> QuantizeResult:
     """Quantize; writes the artefact, ``quantize_report.json`` and status.json under ``<results_dir>/quantize``.
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ddetr.errors import CheckpointError, Interrupted, SpecError
+from ddetr.tasks.jobrecord import recorded
 from ddetr.tasks.results import AutomlResult, CheckpointRecord, TrainResult
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ def _interrupted(exc: SystemExit, train_dir: Path, step: int) -> Interrupted:
     )
 
 
+@recorded("train")
 def run(spec: Spec) -> TrainResult | AutomlResult:
     """Train as the spec says (or run the hyperparameter search when ``automl_policy=on``).
 
