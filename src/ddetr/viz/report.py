@@ -2,7 +2,7 @@
 
 Charts are drawn with matplotlib (already a dependency) and written as SVG text into the page: no script,
 no network, no extra package, and a chart stays sharp when zoomed or printed. An interactive library
-(Plotly) would add about 3.5 MB of JavaScript to every report. Images are JPEG thumbnails inlined as
+(Plotly) would add 3 to 5 MB of JavaScript to every report. Images are JPEG thumbnails inlined as
 ``data:`` URLs, so a report is one file that opens anywhere offline. :mod:`ddetr.tasks.report` gathers
 the numbers and calls these functions.
 """
