@@ -8,6 +8,7 @@ Chromium missing fails these tests with the install command (`.ci/run` installs 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import optuna
@@ -180,3 +181,21 @@ def test_automl_report(tmp_path: Path) -> None:
     check_report(report, ["automl", "run", "spec"], ["history", "importance"])
     text = report.read_text()
     assert "j-42" in text and "p-7" in text and text.count("<tr") >= 5  # the 4 trials listed
+
+
+@pytest.mark.slow
+def test_demo_reports(tmp_path: Path) -> None:
+    """The demo's train and evaluate reports; DDETR_REPORT_SCREENSHOT=FILE.png keeps the evaluate report's look."""
+    from ddetr import demo
+
+    assert demo.main(["--results-dir", str(tmp_path)]) == 0
+    check_report(tmp_path / "train" / "report.html", ["training", "dataset", "run", "spec"], TRAIN_CHARTS)
+    page = check_report(
+        tmp_path / "evaluate" / "report.html",
+        ["evaluation", "examples", "dataset", "run", "spec"],
+        EVALUATE_CHARTS,
+        height=1500,
+    )
+    assert len(page.query["images"]) == MAX_EXAMPLES
+    if os.environ.get("DDETR_REPORT_SCREENSHOT"):
+        Path(os.environ["DDETR_REPORT_SCREENSHOT"]).write_bytes(page.screenshot)

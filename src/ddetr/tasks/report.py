@@ -326,7 +326,9 @@ def _evaluation_sections(folder: Path, spec: Spec | None) -> list[Any]:
     section.add(table(["COCO metric", "", "value"], shown))
     per_class = {str(k): float(v) for k, v in metrics.get("per_class_AP", {}).items()}
     if per_class:
-        section.chart("per_class_ap", bar_chart(per_class, title="AP @[.50:.95] per class", xlabel="AP"))
+        section.chart(
+            "per_class_ap", bar_chart(per_class, title="AP @[.50:.95] per class", xlabel="AP", limit=1.0)
+        )
     sections = [section]
     detections = _read_json(folder / "detections.json")
     loaded: list[tuple[str, dict[str, Any]]] = []
@@ -358,7 +360,11 @@ def _evaluation_sections(folder: Path, spec: Spec | None) -> list[Any]:
         section.chart(
             "pr_curves",
             line_chart(
-                series, title="precision-recall per class, IoU 0.50", xlabel="recall", ylabel="precision"
+                series,
+                title="precision-recall per class, IoU 0.50",
+                xlabel="recall",
+                ylabel="precision",
+                unit_square=True,
             ),
         )
         sizes = {
@@ -378,6 +384,7 @@ def _evaluation_sections(folder: Path, spec: Spec | None) -> list[Any]:
                 horizontal=False,
                 sort=False,
                 groups=sizes,
+                limit=1.0,
             ),
         )
         rows = [

@@ -70,8 +70,12 @@ def line_chart(
     log_y: bool = False,
     markers: bool = False,
     size: tuple[float, float] = (7.0, 3.6),
+    unit_square: bool = False,
 ) -> str:
-    """One axes with a line per series (name -> (xs, ys); None values are gaps); SVG text."""
+    """One axes with a line per series (name -> (xs, ys); None values are gaps); SVG text.
+
+    ``unit_square`` fixes both axes to [0, 1] (precision-recall curves).
+    """
     fig = _figure(*size)
     ax = fig.subplots()
     drawn = 0
@@ -90,6 +94,9 @@ def line_chart(
         drawn += 1
     if log_y and drawn:
         ax.set_yscale("log")
+    if unit_square:
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(0.0, 1.02)
     if drawn == 0:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     elif len(series) > 1:
@@ -109,8 +116,12 @@ def bar_chart(
     horizontal: bool = True,
     sort: bool = True,
     groups: Mapping[str, Mapping[str, float | None]] | None = None,
+    limit: float | None = None,
 ) -> str:
-    """Bars of name -> value (sorted, largest on top, when ``sort``), or grouped bars (group -> name -> value)."""
+    """Bars of name -> value (sorted, largest on top, when ``sort``), or grouped bars (group -> name -> value).
+
+    ``limit`` fixes the value axis to [0, limit] (1 for AP).
+    """
     if groups is None:
         groups = {"": values}
     names = list(values) if values else list(next(iter(groups.values())))
@@ -135,6 +146,8 @@ def bar_chart(
     else:
         ax.set_xticks(range(len(names)), names, fontsize=8, rotation=30 if len(names) > 6 else 0)
         ax.set_ylabel(xlabel)
+    if limit is not None:
+        (ax.set_xlim if horizontal else ax.set_ylim)(0.0, limit * 1.08)  # room for the value labels
     if len(groups) > 1:
         ax.legend(fontsize=8)
     ax.set_title(title)
