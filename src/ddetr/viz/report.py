@@ -289,7 +289,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, marked: int 
     body = []
     for i, row in enumerate(rows):
         attr = ' class="marked"' if i == marked else ""
-        body.append(f"<tr{attr}>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>")
+        cells = "".join(
+            f'<td class="n">{_cell(v)}</td>' if isinstance(v, (int, float)) else f"<td>{_cell(v)}</td>"
+            for v in row
+        )
+        body.append(f"<tr{attr}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -328,7 +332,7 @@ nav a{margin-right:14px;color:#1d4ed8;text-decoration:none}main{padding:8px 24px
 section{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:8px 18px 16px;margin:16px 0}
 h2{font-size:17px;border-bottom:1px solid #e5e7eb;padding-bottom:6px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{border:1px solid #dde1e7;padding:3px 8px;
-text-align:right}th{background:#f0f2f5}td:first-child,th:first-child{text-align:left}tr.marked{background:#fff4c2;
+text-align:left}th{background:#f0f2f5}td.n{text-align:right;font-variant-numeric:tabular-nums}tr.marked{background:#fff4c2;
 font-weight:600}figure.chart{display:inline-block;vertical-align:top;width:calc(50% - 16px);min-width:440px;margin:6px}
 svg.svg{width:100%;height:auto}.examples{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));
 gap:12px}.examples figure{margin:0}.examples img{width:100%;border:1px solid #dde1e7}figcaption{font-size:12px;
