@@ -180,13 +180,14 @@ def open_page(
     return page
 
 
-#: The DOM query of a ddetr report: section ids, and per chart the count of drawn SVG elements and its size.
+#: The DOM query of a ddetr report: section ids; per chart its data marks and size. A matplotlib chart's data
+#: (lines, bars, cells, points) carry a clip path, its axes, ticks and labels do not: an empty chart has none.
 REPORT_QUERY = """
 (() => {
   const charts = [...document.querySelectorAll('figure.chart')].map(f => {
     const svg = f.querySelector('svg');
     const box = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
-    return {name: f.dataset.chart, marks: svg ? svg.querySelectorAll('path, rect, line, polyline, use').length : 0,
+    return {name: f.dataset.chart, marks: svg ? svg.querySelectorAll('[clip-path]').length : 0,
             width: box.width, height: box.height};
   });
   const images = [...document.querySelectorAll('img')].map(i => ({complete: i.complete, width: i.naturalWidth}));
@@ -194,3 +195,19 @@ REPORT_QUERY = """
           charts: charts, images: images, height: document.documentElement.scrollHeight};
 })()
 """
+
+
+def check_report(path: Path, sections: list[str], charts: list[str], **shot: object) -> Page:
+    """Open ``path`` in Chromium and assert: no error, nothing fetched, these sections and charts, all drawn."""
+    page = open_page(path, REPORT_QUERY, **shot)  # type: ignore[arg-type]
+    assert page.errors == [], page.errors
+    assert page.outside_requests == [], page.outside_requests
+    found = page.query
+    assert found["sections"] == sections
+    assert [c["name"] for c in found["charts"]] == charts
+    for chart in found["charts"]:
+        assert chart["marks"] > 0, f"chart {chart['name']} of {path} is empty"
+        assert chart["width"] > 100 and chart["height"] > 100, chart
+    assert all(i["complete"] and i["width"] > 0 for i in found["images"]), found["images"]
+    assert page.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(page.screenshot) > 10_000
+    return page

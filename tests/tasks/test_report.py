@@ -18,7 +18,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from asset_paths import BCCD
-from browser import REPORT_QUERY, Page, chromium_path, open_page
+from browser import check_report, chromium_path
 from ddetr.artefacts.card import ModelCard
 from ddetr.artefacts.checkpoint import save_checkpoint
 from ddetr.cli import main
@@ -30,24 +30,6 @@ from ddetr.tasks.report import MAX_EXAMPLES, write_report
 
 TRAIN_CHARTS = ["losses", "lr", "val_map", "epoch_time"]
 EVALUATE_CHARTS = ["per_class_ap", "pr_curves", "ap_by_size", "confusion"]
-# a chart's data marks carry a clip path (the axes, ticks and labels do not): count them, in the browser
-QUERY = REPORT_QUERY.replace("'path, rect, line, polyline, use'", "'[clip-path]'")
-
-
-def check_report(path: Path, sections: list[str], charts: list[str], **shot: object) -> Page:
-    """Open ``path`` in Chromium and assert: no error, nothing fetched, these sections and charts, all drawn."""
-    page = open_page(path, QUERY, **shot)  # type: ignore[arg-type]
-    assert page.errors == [], page.errors
-    assert page.outside_requests == [], page.outside_requests
-    found = page.query
-    assert found["sections"] == sections
-    assert [c["name"] for c in found["charts"]] == charts
-    for chart in found["charts"]:
-        assert chart["marks"] > 0, f"chart {chart['name']} of {path} is empty"
-        assert chart["width"] > 100 and chart["height"] > 100, chart
-    assert all(i["complete"] and i["width"] > 0 for i in found["images"]), found["images"]
-    assert page.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(page.screenshot) > 10_000
-    return page
 
 
 def test_chromium_is_installed() -> None:
