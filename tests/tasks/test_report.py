@@ -50,6 +50,8 @@ def test_train_and_evaluate_reports(tiny_spec_args: list[str], tmp_path: Path) -
     steps = [r for r in records if "loss" in r]
     assert len(steps) == result.steps == 8  # 16 images, batch 4, 2 epochs
     assert {"loss_ce", "loss_bbox", "loss_giou", "lr", "lr_backbone"} <= set(steps[0])
+    # lr_steps=[1]: the 4 steps of epoch 0 ran at the spec's lr, those of epoch 1 at a tenth of it
+    assert [r["lr"] for r in steps] == pytest.approx([2e-4] * 4 + [2e-5] * 4)
     assert [r["epoch"] for r in records if "epoch_seconds" in r] == [0, 1]
     assert [r["epoch"] for r in records if "val_mAP" in r] == [0, 1]
     page = check_report(result.report, ["training", "dataset", "run", "spec"], TRAIN_CHARTS)

@@ -199,6 +199,7 @@ class MetricsCallback(Callback):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._epoch_start = time.monotonic()
+        self._lrs: dict[str, float] = {}
 
     def _write(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
         if not trainer.is_global_zero:
@@ -216,11 +217,18 @@ class MetricsCallback(Callback):
             return
         record: dict[str, Any] = {"step": trainer.global_step, "epoch": trainer.current_epoch}
         record.update({k: _plain(v) for k, v in outputs.items()})
+        record.update(self._lrs)
+        self._write(trainer, record)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # the rates this step uses: by the batch's end Lightning may have stepped an epoch scheduler already
+        self._lrs = {}
         for optimizer in trainer.optimizers[:1]:
             for group in optimizer.param_groups:
                 name = group.get("name", "main")
-                record["lr" if name == "main" else f"lr_{name}"] = float(group["lr"])
-        self._write(trainer, record)
+                self._lrs["lr" if name == "main" else f"lr_{name}"] = float(group["lr"])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loss = trainer.callback_metrics.get("train_loss")
