@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         ImportWeightsResult,
         InferenceResult,
         QuantizeResult,
+        ReportResult,
         TrainResult,
     )
 
@@ -54,6 +55,7 @@ __all__ = [
     "inference",
     "load_spec",
     "quantize",
+    "report",
     "run_action",
     "train",
 ]
@@ -69,6 +71,7 @@ SPEC_ACTIONS: tuple[str, ...] = (
     "default_specs",
     "automl",
     "dataset",
+    "report",
 )
 
 
@@ -246,6 +249,19 @@ def check_dataset(spec: str | os.PathLike[str] | Spec | None = None, /, **overri
         DataError: the data has errors (one line: how many, of which kinds, where the report is).
     """
     return run_action("dataset", spec, **overrides)
+
+
+def report(spec: str | os.PathLike[str] | Spec | None = None, /, **overrides: Any) -> ReportResult:
+    """Rewrite ``report.html`` in each train, evaluate and AutoML folder of ``results_dir`` (``ddetr report``).
+
+    Every such run writes its report when it ends; this rebuilds them, e.g. after an interrupted run or with a
+    newer ddetr. Only ``results_dir`` (and the actions' own ``results_dir``) of the spec are read: each report
+    uses the spec its run recorded (``experiment.yaml``).
+
+    Raises:
+        SpecError: results_dir unset, or no run in it.
+    """
+    return run_action("report", spec, **overrides)
 
 
 def default_specs(

@@ -36,6 +36,7 @@ _HELP = {
     "default_specs": "write commented spec templates into results_dir",
     "automl": "hyperparameter search",
     "dataset": "check the data sources of the spec (report, plot)",
+    "report": "rewrite report.html of the train, evaluate and automl runs in results_dir",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import optuna
@@ -51,7 +52,12 @@ def test_plots_are_written(tmp_path: Path) -> None:
     paths = write_plots(_study("maximize"), "val_mAP", tmp_path)
     assert [p.name for p in paths] == ["metric_vs_trial.png", "param_importances.png"]
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)  # no temporary left
+    importances = json.loads((tmp_path / "param_importances.json").read_text())  # for report.html
+    assert isinstance(importances, dict) and all(isinstance(v, float) for v in importances.values())
+    # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [p.name for p in paths] + ["param_importances.json"]
+    )
 
 
 def test_equal_metrics_best_is_lower_val_loss() -> None:

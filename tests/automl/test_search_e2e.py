@@ -15,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from automl_helpers import precreate_study, sqlite_study, sqlite_url, started_count
+from browser import check_report
 from ddetr.automl.storage import effective_trials
 from ddetr.spec.load import load_spec
 from ddetr.status import read_status
@@ -50,6 +51,8 @@ def test_hyperband_search_prunes_two_of_four_and_best_spec_trains(tiny_spec_file
     best = json.loads((automl_dir / "best_trial.json").read_text())
     assert Path(best["checkpoint"]).is_file() and best["trial"] == 1  # equal mAPs: the lower val_loss
     assert (automl_dir / "metric_vs_trial.png").is_file() and (automl_dir / "param_importances.png").is_file()
+    check_report(automl_dir / "report.html", ["automl", "run", "spec"], ["history", "importance"])
+    assert (automl_dir / "trial_001" / "train" / "report.html").is_file()  # each complete trial's own report
     # the pruned trials were judged on the intermediate values read from their status.json; a trial this tiny
     # may finish its 2-epoch budget before the runner's next look, so the number of validations is not pinned
     for t in sqlite_study(results).get_trials(states=(TrialState.PRUNED,)):

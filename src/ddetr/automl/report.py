@@ -158,7 +158,8 @@ def write_best(study: optuna.Study, base: Spec, automl_dir: Path) -> dict[str, A
 
 
 def write_plots(study: optuna.Study, metric: str, automl_dir: Path) -> list[Path]:
-    """``metric_vs_trial.png`` (each trial's value and the best so far) and ``param_importances.png``."""
+    """``metric_vs_trial.png`` (each trial's value and the best so far), ``param_importances.png`` and its numbers
+    (``param_importances.json``, parameter -> importance; empty when not computed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -213,6 +214,11 @@ def write_plots(study: optuna.Study, metric: str, automl_dir: Path) -> list[Path
                 importances = optuna.importance.get_param_importances(study)
         except (ValueError, RuntimeError) as exc:
             logger.info("parameter importances not computed: %s", exc)
+    # the numbers too, for the run report (report.html) to draw
+    atomic_write_bytes(
+        automl_dir / "param_importances.json",
+        (json.dumps({k: float(v) for k, v in importances.items()}, indent=2) + "\n").encode("utf-8"),
+    )
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.4 * len(importances) + 1)))
     if importances:
         names = list(importances)[::-1]

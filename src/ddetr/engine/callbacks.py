@@ -1,8 +1,10 @@
-"""Training callbacks: TAO-named checkpoints with an atomic latest link, and status.json progress."""
+"""Training callbacks: TAO-named checkpoints with an atomic latest link, status.json progress, metrics.jsonl."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -181,3 +183,98 @@ class StatusCallback(Callback):
             epoch=trainer.current_epoch,
             step=trainer.global_step,
         )
+
+
+METRICS_NAME = "metrics.jsonl"
+
+
+def _plain(value: Any) -> float | None:
+    """A float from a tensor or number; None when it is not finite (JSON has no NaN)."""
+    value = float(value.item() if hasattr(value, "item") else value)
+    return value if math.isfinite(value) else None
+
+
+class MetricsCallback(Callback):
+    """Appends the training curves to ``<train_dir>/metrics.jsonl`` (rank 0; one JSON object a line, flushed).
+
+    Three kinds of line, told apart by their keys (the run report draws them; docs/report.md):
+
+    - every optimizer step: ``step``, ``epoch``, ``loss`` (weighted total), ``loss_ce``, ``loss_bbox``,
+      ``loss_giou`` (last decoder layer, unweighted) and ``lr`` of each parameter group (``lr``,
+      ``lr_backbone``, ``lr_linear_proj``);
+    - every training epoch: ``epoch``, ``step``, ``epoch_seconds``, ``train_loss``;
+    - every validation: ``epoch``, ``step`` and the validation KPIs (``val_mAP``, ``val_mAP50``, ``val_loss``).
+
+    A resumed run appends to the file; a reader keeps the last line of a step.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._epoch_start = time.monotonic()
+        self._lrs: dict[str, float] = {}
+
+    def _write(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
+        if not trainer.is_global_zero:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.monotonic()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not trainer.is_global_zero or not isinstance(outputs, dict) or "loss" not in outputs:
+            return
+        record: dict[str, Any] = {"step": trainer.global_step, "epoch": trainer.current_epoch}
+        record.update({k: _plain(v) for k, v in outputs.items()})
+        record.update(self._lrs)
+        self._write(trainer, record)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # the rates this step uses: by the batch's end Lightning may have stepped an epoch scheduler already
+        self._lrs = {}
+        for optimizer in trainer.optimizers[:1]:
+            for group in optimizer.param_groups:
+                name = group.get("name", "main")
+                self._lrs["lr" if name == "main" else f"lr_{name}"] = float(group["lr"])
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("train_loss")
+        self._write(
+            trainer,
+            {
+                "epoch": trainer.current_epoch,
+                "step": trainer.global_step,
+                "epoch_seconds": round(time.monotonic() - self._epoch_start, 3),
+                "train_loss": None if loss is None else _plain(loss),
+            },
+        )
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = getattr(pl_module, "last_val_metrics", {})
+        if trainer.sanity_checking or not metrics:
+            return
+        record = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        record.update({k: _plain(v) for k, v in metrics.items()})
+        self._write(trainer, record)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The lines of a ``metrics.jsonl`` (a missing file or a torn last line gives what could be read)."""
+    records: list[dict[str, Any]] = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return records
+    for line in lines:
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            records.append(value)
+    return records

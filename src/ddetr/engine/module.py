@@ -23,7 +23,7 @@ from ddetr.artefacts.checkpoint import (
     state_dict_mismatch,
 )
 from ddetr.errors import CheckpointError, TrainingError
-from ddetr.model.criterion import build_criterion
+from ddetr.model.criterion import LOSS_NAMES, build_criterion
 from ddetr.model.detector import DeformableDETR
 from ddetr.model.predict import decode
 from ddetr.spec.sections import ModelSection
@@ -104,7 +104,7 @@ class DetectionModule(pl.LightningModule):
         total = self.criterion.weighted_total(losses)
         return total, losses, outputs
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         total, losses, _ = self._losses(batch)
         if not torch.isfinite(total):
             raise TrainingError(self._divergence_message(total, losses))
@@ -113,7 +113,8 @@ class DetectionModule(pl.LightningModule):
         self.log(TRAIN_LOSS, total, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else 0.0
         self.log("lr", lr, prog_bar=True, batch_size=batch_size)
-        return total
+        # the last layer's components travel to the callbacks (metrics.jsonl) with the loss Lightning steps on
+        return {"loss": total, **{k: losses[k].detach() for k in LOSS_NAMES if k in losses}}
 
     def _divergence_message(self, total: Tensor, losses: dict[str, Tensor]) -> str:
         """What a non-finite loss means and which spec fields to lower (resuming would diverge again)."""

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ddetr.engine.callbacks import StatusCallback, TaoCheckpoint
+from ddetr.engine.callbacks import METRICS_NAME, MetricsCallback, StatusCallback, TaoCheckpoint
 from ddetr.engine.checkpoint_io import EncryptedCheckpointIO
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,8 @@ def build_trainer(
         TaoCheckpoint(train_dir, train.checkpoint_interval, train.checkpoint_interval_unit),
         StatusCallback(status),
     ]
+    if not train.is_dry_run:
+        callbacks.append(MetricsCallback(train_dir / METRICS_NAME))
     callbacks.append(ProgressBar(leave=True))
     if train.is_dry_run:
         limit = {"limit_train_batches": 1, "limit_val_batches": 1, "max_epochs": 1}

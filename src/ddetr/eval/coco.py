@@ -220,3 +220,71 @@ class CocoEvaluator:
             "per_class_AP": per_class,
             "num_detections": len(dets),
         }
+
+
+#: COCOeval's recall thresholds (0, 0.01, ..., 1): the x values of :func:`precision_recall`'s curves.
+RECALL_POINTS: tuple[float, ...] = tuple(round(i / 100, 2) for i in range(101))
+_AREAS = ("all", "small", "medium", "large")
+
+
+def _area_ap(precision: np.ndarray, k: int, area: int, iou: int | None = None) -> float | None:
+    """Mean of COCOeval's precision for class index ``k`` at one area (and IoU index); None without ground truth."""
+    p = precision[:, :, k, area, -1] if iou is None else precision[iou, :, k, area, -1]
+    kept = p[p > -1]
+    return round(float(kept.mean()), 6) if kept.size else None
+
+
+def precision_recall(
+    gt_json: str | Path | Mapping[str, Any],
+    detections: str | Path | Sequence[Mapping[str, Any]],
+    *,
+    eval_class_ids: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Per-class precision-recall curves and AP by object size, from COCOeval's accumulated precision array.
+
+    The precision array is (T=10 IoU thresholds, R=101 recall points, K classes, A=4 areas, M=3 max
+    detections); the curves are its slices at IoU 0.50 and 0.75, all areas, 100 detections per image.
+
+    Args:
+        gt_json: COCO ground-truth file or dict.
+        detections: COCO results (file or list).
+        eval_class_ids: category ids to score; None = all.
+
+    Returns:
+        ``{"recall": RECALL_POINTS, "classes": {category id: {"precision50": [101 floats], "precision75":
+        [...], "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"}}}`` (4 and 6 decimals) for every
+        scored category with
+        ground truth; an AP is None where the category has no ground truth of that size. Empty ``classes``
+        when there are no detections.
+
+    Example:
+        >>> gt = {"images": [{"id": 1, "width": 100, "height": 100}],
+        ...       "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 40]}],
+        ...       "categories": [{"id": 1, "name": "cell"}]}
+        >>> pr = precision_recall(gt, [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 40], "score": 0.9}])
+        >>> pr["classes"][1]["precision50"][-1], pr["classes"][1]["AP_small"], pr["classes"][1]["AP_medium"]
+        (1.0, None, 1.0)
+    """
+    gt = gt_json if isinstance(gt_json, Mapping) else _load_json(gt_json, "Ground-truth file")
+    dets = (
+        detections if not isinstance(detections, (str, Path)) else _load_json(detections, "Detections file")
+    )
+    coco_gt = _coco_from_dict(gt, False)
+    ev = _run_cocoeval(coco_gt, list(dets), eval_class_ids, False)
+    classes: dict[int, dict[str, Any]] = {}
+    if ev is not None:
+        precision = ev.eval["precision"]
+        for k, cat in enumerate(ev.params.catIds):
+            if not coco_gt.getAnnIds(catIds=[cat]):
+                continue
+            row: dict[str, Any] = {
+                f"precision{name}": [round(max(0.0, float(v)), 4) for v in precision[t, :, k, 0, -1]]
+                for t, name in ((0, "50"), (5, "75"))
+            }
+            row["AP"] = _area_ap(precision, k, 0)
+            row["AP50"] = _area_ap(precision, k, 0, 0)
+            row["AP75"] = _area_ap(precision, k, 0, 5)
+            for a, area in enumerate(_AREAS[1:], start=1):
+                row[f"AP_{area}"] = _area_ap(precision, k, a)
+            classes[int(cat)] = row
+    return {"recall": list(RECALL_POINTS), "classes": classes}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,10 @@ def run(spec: Spec) -> AutomlResult:
 
     check_search(spec)  # a bad automl section fails in one line before the results folder is made
     automl_dir = prepare_results_dir(spec, "automl")
-    return search_result(run_search(spec, automl_dir), spec.automl.metric)
+    from ddetr.tasks.report import write_report_quietly
+
+    found = search_result(run_search(spec, automl_dir), spec.automl.metric)
+    return dataclasses.replace(found, report=write_report_quietly(automl_dir, "automl"))
 
 
 def search_result(found: dict[str, Any], metric: str) -> AutomlResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from ddetr.errors import SpecError
@@ -34,7 +35,7 @@ def print_metrics(title: str, stats: dict[str, float], per_class: dict[str, floa
 
 @recorded("evaluate")
 def run(spec: Spec) -> EvaluateResult:
-    """Evaluate; writes metrics.json, detections.json and status.json under ``<results_dir>/evaluate``.
+    """Evaluate; writes metrics.json, detections.json, status.json and report.html under ``<results_dir>/evaluate``.
 
     ``detections.json`` is a COCO results file in the image ids of the user's json (with each image's
     ``file_name``), so it scores against the annotations with the COCO API.
@@ -45,6 +46,7 @@ def run(spec: Spec) -> EvaluateResult:
     from ddetr.data.sources import resolve_sources
     from ddetr.runtime.evaluation import coco_dataset, evaluate_predictor
     from ddetr.tasks.common import model_path, open_predictor, prepare_results_dir, status_logger
+    from ddetr.tasks.report import write_report_quietly
 
     section = spec.evaluate
     path = model_path(spec, "evaluate")
@@ -99,4 +101,4 @@ def run(spec: Spec) -> EvaluateResult:
             message="Evaluation finished.",
             kpi={"test_mAP": result.test_mAP, "test_mAP50": result.test_mAP50},
         )
-        return result
+        return replace(result, report=write_report_quietly(out_dir, "evaluate"))

@@ -23,6 +23,7 @@ __all__ = [
     "ImportWeightsResult",
     "InferenceResult",
     "QuantizeResult",
+    "ReportResult",
     "Summary",
     "TrainResult",
 ]
@@ -71,6 +72,7 @@ class TrainResult:
         train_loss: the mean training loss of the last epoch (NaN if unknown).
         val_metrics: the last validation's ``val_mAP``, ``val_mAP50``, ``val_loss`` (those measured).
         seconds: wall time of this run's fit.
+        report: the run's ``report.html`` (``None`` after a dry run or when it could not be written).
     """
 
     train_dir: Path
@@ -82,6 +84,7 @@ class TrainResult:
     train_loss: float
     val_metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    report: Path | None = None
 
     def summary(self) -> Summary:
         """epochs, steps, train_loss, the last validation KPIs, time and the latest checkpoint."""
@@ -111,6 +114,7 @@ class EvaluateResult:
         per_class_AP: AP@[.5:.95] per class name (NaN for a class without ground truth).
         metrics_json: the ``metrics.json`` written.
         detections_json: the COCO-results ``detections.json`` written.
+        report: the run's ``report.html`` (``None`` when it could not be written).
     """
 
     model: Path
@@ -122,6 +126,7 @@ class EvaluateResult:
     per_class_AP: dict[str, float]
     metrics_json: Path
     detections_json: Path
+    report: Path | None = None
 
     def summary(self) -> Summary:
         """model, backend, images, test_mAP, test_mAP50 and the metrics file."""
@@ -324,6 +329,7 @@ class AutomlResult:
         best_value: its metric.
         best_checkpoint: its checkpoint.
         best_spec: ``best_spec.yaml``, the spec that reproduces it.
+        report: the search's ``report.html`` (``None`` when it could not be written).
     """
 
     trials: int
@@ -336,6 +342,7 @@ class AutomlResult:
     best_value: float | None = None
     best_checkpoint: Path | None = None
     best_spec: Path | None = None
+    report: Path | None = None
 
     def summary(self) -> Summary:
         """The counts, then ``best_trial``, ``best_<metric>``, ``best_checkpoint``, ``best_spec`` when known."""
@@ -367,6 +374,21 @@ class DefaultSpecsResult:
     def summary(self) -> Summary:
         """How many templates and their folder."""
         return _scalars({"specs": len(self.specs), "folder": self.specs[0].parent if self.specs else None})
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What ``ddetr report`` wrote.
+
+    Attributes:
+        reports: the ``report.html`` files, one per run folder found (train, evaluate, automl).
+    """
+
+    reports: tuple[Path, ...]
+
+    def summary(self) -> Summary:
+        """The reports written."""
+        return {"reports": ", ".join(str(p) for p in self.reports)}
 
 
 @dataclass(frozen=True)

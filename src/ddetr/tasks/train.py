@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import shutil
@@ -227,6 +228,10 @@ def run(spec: Spec) -> TrainResult | AutomlResult:
         if trainer.is_global_zero:
             _summary(result)
             status.write(status="SUCCESS", message="Training finished.", kpi=dict(module.last_val_metrics))
+            if not spec.train.is_dry_run:
+                from ddetr.tasks.report import write_report_quietly
+
+                result = dataclasses.replace(result, report=write_report_quietly(train_dir, "train"))
         return result
     except Interrupted:
         raise  # status.json already has the FAILURE line (StatusCallback.on_exception)
