@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ddetr.errors import DataError
 from ddetr.model.msda import MSDeformAttn
@@ -21,6 +22,14 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     """logit(x) with x clamped to [0, 1] and both x and 1 - x to at least ``eps``."""
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def run_layer(layer: nn.Module, recompute: bool, *args: object) -> Tensor:
+    """``layer(*args)``; with ``recompute`` in training under autograd, its activations are not kept for the
+    backward pass but recomputed there (gradient checkpointing, ``train.activation_checkpoint``)."""
+    if recompute and layer.training and torch.is_grad_enabled():
+        return checkpoint(layer, *args, use_reentrant=False)
+    return layer(*args)
 
 
 def valid_ratios_of(mask: Tensor) -> Tensor:
@@ -64,11 +73,16 @@ class DeformableTransformerEncoderLayer(nn.Module):
 
 
 class DeformableTransformerEncoder(nn.Module):
-    """A stack of encoder layers; each token's reference point is its own pixel centre."""
+    """A stack of encoder layers; each token's reference point is its own pixel centre.
+
+    ``activation_checkpoint`` (set by training): recompute each layer in the backward pass instead of keeping
+    its activations.
+    """
 
     def __init__(self, layers: list[DeformableTransformerEncoderLayer]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.activation_checkpoint = False
 
     @staticmethod
     def get_reference_points(shapes: list[tuple[int, int]], valid_ratios: Tensor) -> Tensor:
@@ -100,7 +114,16 @@ class DeformableTransformerEncoder(nn.Module):
         reference_points = self.get_reference_points(shapes, valid_ratios)
         output = src
         for layer in self.layers:
-            output = layer(output, pos, reference_points, spatial_shapes, shapes, padding_mask)
+            output = run_layer(
+                layer,
+                self.activation_checkpoint,
+                output,
+                pos,
+                reference_points,
+                spatial_shapes,
+                shapes,
+                padding_mask,
+            )
         return output
 
 
@@ -150,11 +173,13 @@ class DeformableTransformerDecoder(nn.Module):
 
     ``bbox_embed`` (box refinement) and ``class_embed`` (two-stage) are set by the detector to its own
     heads (aliases, as in the original); ``bbox_embed`` None means the reference points stay fixed.
+    ``activation_checkpoint`` as in :class:`DeformableTransformerEncoder`.
     """
 
     def __init__(self, layers: list[DeformableTransformerDecoderLayer]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.activation_checkpoint = False
         self.num_layers = len(layers)
         self.bbox_embed: nn.ModuleList | None = None
         self.class_embed: nn.ModuleList | None = None
@@ -190,7 +215,17 @@ class DeformableTransformerDecoder(nn.Module):
             else:
                 ratios = valid_ratios[:, None]  # (B, 1, L, 2)
             reference_input = reference_points[:, :, None] * ratios  # (B, Q, L, 2|4)
-            output = layer(output, query_pos, reference_input, src, spatial_shapes, shapes, padding_mask)
+            output = run_layer(
+                layer,
+                self.activation_checkpoint,
+                output,
+                query_pos,
+                reference_input,
+                src,
+                spatial_shapes,
+                shapes,
+                padding_mask,
+            )
             if self.bbox_embed is not None:
                 delta = self.bbox_embed[index](output)  # (B, Q, 4)
                 if reference_points.shape[-1] == 4:
@@ -283,6 +318,12 @@ class DeformableTransformer(nn.Module):
             nn.init.xavier_uniform_(self.reference_points.weight, gain=1.0)
             nn.init.constant_(self.reference_points.bias, 0.0)
         nn.init.normal_(self.level_embed)
+
+    def set_activation_checkpoint(self, enabled: bool) -> None:
+        """Recompute encoder and decoder layers in the backward pass (training only) instead of keeping
+        their activations: less memory for about one more forward pass of the transformer."""
+        self.encoder.activation_checkpoint = bool(enabled)
+        self.decoder.activation_checkpoint = bool(enabled)
 
     def get_proposal_pos_embed(self, proposals: Tensor) -> Tensor:
         """proposals (B, Q, 4) logits -> (B, Q, 2d) sine embedding of the sigmoid box (d/2 features per coord)."""

@@ -304,10 +304,15 @@ class DatasetSection(Section):
 
 
 class CudnnSection(Section):
-    """``train.cudnn``. Inert: accepted so that TAO files load."""
+    """``train.cudnn``: cuDNN's autotuner and deterministic algorithms (Lightning's ``benchmark``/``deterministic``)."""
 
-    benchmark: bool = spec_field(False, inert=True)
-    deterministic: bool = spec_field(True, inert=True)
+    benchmark: bool = spec_field(
+        False, description="cuDNN autotuner: fastest convolution algorithms for fixed input sizes"
+    )
+    deterministic: bool = spec_field(
+        True,
+        description="deterministic cuDNN and PyTorch algorithms; an op without one warns instead of failing",
+    )
 
 
 class OptimSection(Section):
@@ -316,8 +321,8 @@ class OptimSection(Section):
     optimizer: Literal["AdamW", "SGD"] = spec_field("AdamW")
     monitor_name: Literal["val_loss", "train_loss", "val_mAP", "val_mAP50"] = spec_field(
         "val_loss",
-        never_searched="chooses a checkpoint, not the model",
-        description="metric that selects the best checkpoint",
+        never_searched="steers the learning-rate schedule by a metric, not a hyperparameter of the model",
+        description="the metric lr_scheduler=ReduceLROnPlateau watches (TAO: the scheduler's monitor)",
     )
     lr: float = spec_field(2e-4, gt=0.0, automl=True, automl_range=(0.0, 0.01), condition="> 0")
     lr_backbone: float = spec_field(
@@ -340,10 +345,18 @@ class OptimSection(Section):
         0.9, ge=0.0, le=1.0, automl=True, automl_range=(0.0, 1.0), condition="> 0", description="SGD only"
     )
     weight_decay: float = spec_field(1e-4, ge=0.0, automl=True, automl_range=(0.0, 0.1), condition="> 0")
-    lr_scheduler: Literal["MultiStep", "StepLR"] = spec_field("MultiStep")
+    lr_scheduler: Literal["MultiStep", "StepLR", "ReduceLROnPlateau"] = spec_field(
+        "MultiStep",
+        description="MultiStep | StepLR | ReduceLROnPlateau (+): lr * lr_decay when monitor_name has not "
+        "improved for lr_step_size epochs",
+    )
     lr_steps: list[int] = spec_field([40], description="MultiStep: epochs at which the lr decays")
     lr_step_size: int = spec_field(
-        40, ge=1, automl=True, automl_range=(1, 10000), description="StepLR period"
+        40,
+        ge=1,
+        automl=True,
+        automl_range=(1, 10000),
+        description="StepLR period; ReduceLROnPlateau patience (epochs)",
     )
     lr_decay: float = spec_field(0.1, gt=0.0, le=1.0, automl=True, automl_range=(0.0, 1.0), condition="> 0")
 
@@ -372,7 +385,7 @@ class TrainSection(Section):
     gpu_ids: list[int] = spec_field([0])
     num_nodes: int = spec_field(1, ge=1)
     seed: int = spec_field(1234, description="< 0 disables seeding")
-    cudnn: CudnnSection = spec_field(CudnnSection(), description="inert (TAO)")
+    cudnn: CudnnSection = spec_field(CudnnSection())
     num_epochs: int = spec_field(10, ge=1)
     checkpoint_interval: int = spec_field(1, ge=1)
     checkpoint_interval_unit: Literal["epoch", "step"] = spec_field("epoch")
@@ -386,7 +399,11 @@ class TrainSection(Section):
     is_dry_run: bool = spec_field(False, description="one batch of train and val, nothing kept")
     precision: Literal["fp32", "fp16", "bf16"] = spec_field("fp32")
     distributed_strategy: Literal["ddp", "fsdp"] = spec_field("ddp")
-    activation_checkpoint: bool = spec_field(True, inert=True)
+    activation_checkpoint: bool = spec_field(
+        True,
+        description="recompute transformer layers in the backward pass instead of keeping their activations "
+        "(less memory, slower steps)",
+    )
     verbose: bool = spec_field(False)
     results_dir: str = spec_field("", description="empty: <results_dir>/train")
     optim: OptimSection = spec_field(OptimSection())
