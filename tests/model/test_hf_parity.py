@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import torch
 import transformers  # a test dependency: never skipped
+from transformers.activations import ACT2CLS
 
 from ddetr.errors import CheckpointError
 from ddetr.model.detector import DeformableDETR
-from ddetr.model.weights_hf import convert_hf_state_dict
+from ddetr.model.transformer import FFN_ACTIVATIONS
+from ddetr.model.weights_hf import convert_hf_state_dict, model_section_from_hf_config
+from ddetr.spec.sections import FfnActivation, ModelSection
 
 TOLERANCE = 1e-4
 SMALL = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=128, decoder_ffn_dim=128)
 
 
 def _hf_model(seed: int = 0, **kwargs):
+    kwargs.setdefault("backbone", "resnet50")
     config = transformers.DeformableDetrConfig(
-        use_timm_backbone=True, backbone="resnet50", use_pretrained_backbone=False, **kwargs
+        use_timm_backbone=True, use_pretrained_backbone=False, **kwargs
     )
     torch.manual_seed(seed)
     model = transformers.DeformableDetrForObjectDetection(config).eval()
@@ -132,3 +138,88 @@ def test_non_timm_backbone_is_rejected() -> None:
     config = {"backbone_config": {"model_type": "resnet"}, "num_labels": 3}
     with pytest.raises(CheckpointError, match=r"model_type 'resnet'"):
         convert_hf_state_dict({}, config)
+
+
+# ------------------------------------------- every config transformers builds: FFN widths, activations, kernels
+# activations whose module holds learned parameters: refused with a one-line error
+LEARNED = {"prelu", "xielu"}
+
+
+def test_every_parameter_free_hf_activation_is_implemented() -> None:
+    assert set(typing.get_args(FfnActivation)) == set(FFN_ACTIVATIONS)
+    assert set(ACT2CLS) - LEARNED == set(FFN_ACTIVATIONS)
+
+
+def test_every_activation_matches_hf_elementwise() -> None:
+    from transformers.activations import ACT2FN
+
+    x = torch.linspace(-12.0, 12.0, 4001)
+    for name, function in FFN_ACTIVATIONS.items():
+        assert (function(x) - ACT2FN[name](x)).abs().max().item() <= 1e-5, name
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu", "quick_gelu", "gelu_new"])
+def test_activation_parity(activation: str) -> None:
+    hf_model = _hf_model(
+        **dict(SMALL, num_feature_levels=1, num_queries=20, num_labels=4, activation_function=activation),
+        backbone="resnet18",  # small: one model per activation
+    )
+    model = _ours(hf_model)
+    assert model.model_config.activation == activation
+    assert all(layer.activation == activation for layer in model.transformer.encoder.layers)
+    _assert_parity(hf_model, model)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(encoder_ffn_dim=96, decoder_ffn_dim=160, with_box_refine=True, disable_custom_kernels=True),
+        dict(
+            encoder_ffn_dim=160,
+            decoder_ffn_dim=48,
+            activation_function="gelu",
+            two_stage=True,
+            with_box_refine=True,
+            two_stage_num_proposals=30,
+            disable_custom_kernels=False,
+        ),
+    ],
+    ids=["enc96_dec160_refine_nokernels", "enc160_dec48_gelu_two_stage"],
+)
+def test_separate_encoder_and_decoder_ffn_widths(variant: dict, tmp_path) -> None:
+    """HF folder -> `ddetr import_weights --source hf` -> checkpoint whose card carries both widths."""
+    from ddetr.artefacts.checkpoint import load_checkpoint
+    from ddetr.cli import main
+
+    config = dict(SMALL, num_queries=30, num_labels=5)
+    config.update(variant)
+    hf_model = _hf_model(**config)
+    hf_model.save_pretrained(tmp_path / "hf")
+    output = tmp_path / "imported.pth"
+    assert main(["import_weights", "--source", "hf", str(tmp_path / "hf"), str(output)]) == 0
+    card = load_checkpoint(output).card
+    assert card.model.dim_feedforward == variant["encoder_ffn_dim"]
+    assert card.model.dec_dim_feedforward == variant["decoder_ffn_dim"]
+    assert card.model.activation == variant.get("activation_function", "relu")
+    model = DeformableDETR.from_checkpoint(output).eval()
+    assert model.transformer.decoder.layers[0].linear1.out_features == variant["decoder_ffn_dim"]
+    _assert_parity(hf_model, model)
+
+
+@pytest.mark.parametrize("activation", sorted(LEARNED))
+def test_activation_with_learned_parameters_is_one_line_error(activation: str) -> None:
+    config = transformers.DeformableDetrConfig(
+        use_timm_backbone=True,
+        backbone="resnet50",
+        use_pretrained_backbone=False,
+        activation_function=activation,
+    )
+    with pytest.raises(CheckpointError, match=rf"activation_function='{activation}'") as info:
+        model_section_from_hf_config(config.to_dict())
+    assert "\n" not in str(info.value)
+
+
+def test_section_with_one_width_and_relu_is_the_default() -> None:
+    section = ModelSection()
+    assert section.dec_dim_feedforward is None and section.activation == "relu"
+    assert {"dec_dim_feedforward", "activation"} <= set(ModelSection.ARCHITECTURE_FIELDS)

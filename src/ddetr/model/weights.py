@@ -152,7 +152,8 @@ def original_layout(model: ModelSection, num_classes: int) -> dict[str, tuple[in
         layout |= _linear(f"{p}.self_attn.out_proj", d, d)
         for name in ("norm1", "norm2", "norm3"):
             layout |= _norm(f"{p}.{name}", d)
-        layout |= _linear(f"{p}.linear1", ff, d) | _linear(f"{p}.linear2", d, ff)
+        dec_ff = model.dec_dim_feedforward or ff
+        layout |= _linear(f"{p}.linear1", dec_ff, d) | _linear(f"{p}.linear2", d, dec_ff)
     if model.two_stage:
         layout |= _linear("transformer.enc_output", d, d) | _norm("transformer.enc_output_norm", d)
         layout |= _linear("transformer.pos_trans", 2 * d, 2 * d) | _norm("transformer.pos_trans_norm", 2 * d)

@@ -23,6 +23,32 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ddetr.errors import SpecError
 
 MISSING = "???"
+# Feed-forward activations of the transformer layers: Hugging Face's ``activation_function`` names that take
+# no learned parameters (ddetr.model.transformer.FFN_ACTIVATIONS implements each)
+FfnActivation = Literal[
+    "relu",
+    "gelu",
+    "gelu_python",
+    "gelu_new",
+    "gelu_fast",
+    "gelu_accurate",
+    "gelu_pytorch_tanh",
+    "gelu_python_tanh",
+    "gelu_10",
+    "quick_gelu",
+    "silu",
+    "swish",
+    "mish",
+    "relu2",
+    "relu6",
+    "leaky_relu",
+    "hardswish",
+    "laplace",
+    "linear",
+    "sigmoid",
+    "tanh",
+    "sqrtsoftplus",
+]
 # ImageNet statistics: the default normalisation of every model (written here only)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -146,6 +172,16 @@ class ModelSection(Section):
     enc_layers: int = spec_field(6, ge=1, le=12, automl=True)
     dec_layers: int = spec_field(6, ge=1, le=12, automl=True)
     dim_feedforward: int = spec_field(1024, ge=1)
+    dec_dim_feedforward: int | None = spec_field(
+        None,
+        ge=1,
+        description="(+) decoder feed-forward width; null: dim_feedforward (Hugging Face's decoder_ffn_dim)",
+    )
+    activation: FfnActivation = spec_field(
+        "relu",
+        description="(+) feed-forward activation of the encoder and decoder layers (Hugging Face's "
+        "activation_function)",
+    )
     dropout_ratio: float = spec_field(0.3, ge=0.0, lt=1.0)
     enc_n_points: int = spec_field(4, ge=1)
     dec_n_points: int = spec_field(4, ge=1)
@@ -188,6 +224,8 @@ class ModelSection(Section):
         "enc_layers",
         "dec_layers",
         "dim_feedforward",
+        "dec_dim_feedforward",
+        "activation",
         "enc_n_points",
         "dec_n_points",
         "dilation",
