@@ -223,3 +223,60 @@ def test_section_with_one_width_and_relu_is_the_default() -> None:
     section = ModelSection()
     assert section.dec_dim_feedforward is None and section.activation == "relu"
     assert {"dec_dim_feedforward", "activation"} <= set(ModelSection.ARCHITECTURE_FIELDS)
+
+
+# ------------------------------------------------ Hub ids through huggingface_hub's cache (offline, never fetched)
+
+HUB_ID = "SenseTime/deformable-detr-with-box-refine"
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture()
+def hf_cache(tmp_path, monkeypatch):
+    """A Hugging Face cache holding a tiny random model under HUB_ID, in offline mode; returns the HF model."""
+    cache = tmp_path / "hub"
+    repo = cache / f"models--{HUB_ID.replace('/', '--')}"
+    hf_model = _hf_model(**VARIANTS["box_refine"])
+    hf_model.save_pretrained(repo / "snapshots" / REVISION)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(REVISION)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return hf_model
+
+
+def test_import_weights_from_a_cached_hub_id(hf_cache, tmp_path) -> None:
+    from ddetr.cli import main
+
+    output = tmp_path / "imported.pth"
+    assert main(["import_weights", "--source", "hf", f"hf:{HUB_ID}", str(output)]) == 0
+    model = DeformableDETR.from_checkpoint(output).eval()
+    assert model.model_config.with_box_refine and model.num_classes == hf_cache.config.num_labels
+    _assert_parity(hf_cache, model)
+
+
+def test_pretrained_model_path_takes_a_hub_id(hf_cache) -> None:
+    from ddetr.model.weights import import_hf
+    from ddetr.tasks.train import load_pretrained
+
+    converted, section, num_classes, _ = import_hf(f"hf:{HUB_ID}")
+    model = DeformableDETR.from_config(section, num_classes)
+    load_pretrained(model, f"hf:{HUB_ID}@main")
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in converted.items())
+    _assert_parity(hf_cache, model.eval())
+
+
+def test_unknown_hub_id_is_one_line_error_naming_it(hf_cache, capsys) -> None:
+    from ddetr.cli import main
+    from ddetr.model.weights import resolve_hf_hub_id
+
+    with pytest.raises(
+        CheckpointError, match=r"hf:SenseTime/not-cached: model 'SenseTime/not-cached' is not in"
+    ):
+        resolve_hf_hub_id("hf:SenseTime/not-cached")
+    assert main(["import_weights", "--source", "hf", "hf:SenseTime/not-cached", "out.pth"]) != 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "hf:SenseTime/not-cached" in err[0] and "HF_HUB_OFFLINE" in err[0]
+    with pytest.raises(CheckpointError, match=r"hf:<org>/<name>"):
+        resolve_hf_hub_id("hf:no-org")
