@@ -19,6 +19,7 @@ import copy
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ddetr.errors import SpecError
 
@@ -567,7 +568,11 @@ class AutomlSection(Section):
         "tpe",
         description="(+) the model behind algorithm=bayesian: tpe (Tree-structured Parzen) or gp (Gaussian process)",
     )
-    metric: Literal["val_mAP", "val_mAP50"] = spec_field("val_mAP")
+    metric: Literal["val_mAP", "val_mAP50", "test_mAP", "test_mAP50"] = spec_field(
+        "val_mAP",
+        description="val_*: the trial's last validation; test_*: the trial's checkpoint evaluated on "
+        "dataset.test_data_sources",
+    )
     direction: Literal["maximize", "minimize"] = spec_field("maximize")
     max_recommendations: int = spec_field(20, ge=1, description="trials")
     max_epochs: int = spec_field(27, ge=1, description="epochs of the longest trial")
@@ -582,6 +587,18 @@ class AutomlSection(Section):
     storage: str = spec_field("", description="optuna storage URL; empty: <results_dir>/automl/study.db")
     study_name: str = spec_field("")
     timeout_minutes: float = spec_field(0, ge=0, description="0: no limit")
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _no_loss_metric(cls, value: Any) -> Any:
+        if value == "val_loss":
+            raise PydanticCustomError(
+                "automl_metric",
+                "val_loss is refused: a loss is not comparable between trials (it changes with "
+                "model.num_queries and the loss weights the search varies, and a lower loss need not mean "
+                "better boxes); use val_mAP, val_mAP50, test_mAP or test_mAP50",
+            )
+        return value
 
 
 class Spec(Section):
