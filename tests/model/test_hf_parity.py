@@ -173,7 +173,14 @@ def test_activation_parity(activation: str) -> None:
 @pytest.mark.parametrize(
     "variant",
     [
-        dict(encoder_ffn_dim=96, decoder_ffn_dim=160, with_box_refine=True, disable_custom_kernels=True),
+        dict(
+            encoder_ffn_dim=96,
+            decoder_ffn_dim=160,
+            encoder_attention_heads=8,
+            decoder_attention_heads=4,
+            with_box_refine=True,
+            disable_custom_kernels=True,
+        ),
         dict(
             encoder_ffn_dim=160,
             decoder_ffn_dim=48,
@@ -184,7 +191,7 @@ def test_activation_parity(activation: str) -> None:
             disable_custom_kernels=False,
         ),
     ],
-    ids=["enc96_dec160_refine_nokernels", "enc160_dec48_gelu_two_stage"],
+    ids=["enc96_dec160_heads8_4_refine_nokernels", "enc160_dec48_gelu_two_stage"],
 )
 def test_separate_encoder_and_decoder_ffn_widths(variant: dict, tmp_path) -> None:
     """HF folder -> `ddetr import_weights --source hf` -> checkpoint whose card carries both widths."""
@@ -201,8 +208,12 @@ def test_separate_encoder_and_decoder_ffn_widths(variant: dict, tmp_path) -> Non
     assert card.model.dim_feedforward == variant["encoder_ffn_dim"]
     assert card.model.dec_dim_feedforward == variant["decoder_ffn_dim"]
     assert card.model.activation == variant.get("activation_function", "relu")
+    heads = variant.get("decoder_attention_heads", 8)
+    assert card.model.dec_nheads == (None if heads == 8 else heads)
     model = DeformableDETR.from_checkpoint(output).eval()
     assert model.transformer.decoder.layers[0].linear1.out_features == variant["decoder_ffn_dim"]
+    assert model.transformer.decoder.layers[0].cross_attn.n_heads == heads
+    assert model.transformer.decoder.layers[0].self_attn.num_heads == heads
     _assert_parity(hf_model, model)
 
 
@@ -221,8 +232,16 @@ def test_activation_with_learned_parameters_is_one_line_error(activation: str) -
 
 def test_section_with_one_width_and_relu_is_the_default() -> None:
     section = ModelSection()
-    assert section.dec_dim_feedforward is None and section.activation == "relu"
-    assert {"dec_dim_feedforward", "activation"} <= set(ModelSection.ARCHITECTURE_FIELDS)
+    assert section.dec_dim_feedforward is None and section.activation == "relu" and section.dec_nheads is None
+    assert {"dec_dim_feedforward", "activation", "dec_nheads"} <= set(ModelSection.ARCHITECTURE_FIELDS)
+
+
+def test_decoder_heads_must_divide_hidden_dim() -> None:
+    from ddetr.errors import SpecError
+    from ddetr.spec.load import load_spec
+
+    with pytest.raises(SpecError, match=r"model\.dec_nheads=3"):
+        load_spec(None, ["model.dec_nheads=3"])
 
 
 # ------------------------------------------------ Hub ids through huggingface_hub's cache (offline, never fetched)

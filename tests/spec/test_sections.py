@@ -147,6 +147,7 @@ def test_automl_never_searched_fields_are_field_metadata():
     assert flagged(Spec) == {
         "model.hidden_dim",
         "model.nheads",
+        "model.dec_nheads",
         "model.return_interm_indices",
         "model.num_feature_levels",
         "dataset.augmentation.scales",

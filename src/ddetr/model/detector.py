@@ -165,6 +165,7 @@ class DeformableDETR(nn.Module):
             two_stage_num_proposals=model.num_queries,
             dec_dim_feedforward=model.dec_dim_feedforward,
             activation=model.activation,
+            dec_nhead=model.dec_nheads,
         )
         return cls(
             backbone,

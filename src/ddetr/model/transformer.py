@@ -340,6 +340,7 @@ class DeformableTransformer(nn.Module):
         two_stage_num_proposals: int = 300,
         dec_dim_feedforward: int | None = None,
         activation: str = "relu",
+        dec_nhead: int | None = None,
     ) -> None:
         super().__init__()
         if activation not in FFN_ACTIVATIONS:
@@ -362,7 +363,7 @@ class DeformableTransformer(nn.Module):
                     dec_dim_feedforward or dim_feedforward,
                     dropout,
                     num_feature_levels,
-                    nhead,
+                    dec_nhead or nhead,
                     dec_n_points,
                     activation,
                 )

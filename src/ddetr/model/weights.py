@@ -147,7 +147,9 @@ def original_layout(model: ModelSection, num_classes: int) -> dict[str, tuple[in
         layout |= _norm(f"{p}.norm2", d)
     for i in range(model.dec_layers):
         p = f"transformer.decoder.layers.{i}"
-        layout |= _msda_keys(f"{p}.cross_attn", d, model.nheads, levels, model.dec_n_points)
+        layout |= _msda_keys(
+            f"{p}.cross_attn", d, model.dec_nheads or model.nheads, levels, model.dec_n_points
+        )
         layout |= {f"{p}.self_attn.in_proj_weight": (3 * d, d), f"{p}.self_attn.in_proj_bias": (3 * d,)}
         layout |= _linear(f"{p}.self_attn.out_proj", d, d)
         for name in ("norm1", "norm2", "norm3"):

@@ -109,13 +109,13 @@ def _rename(key: str) -> str | None:
 def model_section_from_hf_config(config: dict[str, Any]) -> tuple[ModelSection, int]:
     """Architecture fields of a HF ``config.json`` dict -> (ModelSection, num_classes).
 
-    Separate encoder and decoder feed-forward widths and every parameter-free ``activation_function`` map to
-    the model section; ``disable_custom_kernels`` (CUDA kernel or PyTorch path) and the training-only
+    Separate encoder and decoder feed-forward widths and attention heads, and every parameter-free
+    ``activation_function`` map to the model section; ``disable_custom_kernels`` (CUDA kernel or PyTorch path) and the training-only
     settings (dropouts, layer drop, init) do not change the outputs and are not needed.
 
     Raises:
         CheckpointError: a setting ddetr cannot reproduce (non-timm backbone, learned position embedding,
-            an activation with learned parameters, different encoder and decoder heads).
+            an activation with learned parameters).
     """
     backbone_config = config.get("backbone_config") or {}
     if backbone_config and backbone_config.get("model_type") != "timm_backbone":
@@ -138,11 +138,8 @@ def model_section_from_hf_config(config: dict[str, Any]) -> tuple[ModelSection, 
             f"HF config: activation_function='{activation}' is not supported (it has learned parameters or "
             f"is unknown); supported: {', '.join(FFN_ACTIVATIONS)}."
         )
-    enc, dec = config.get("encoder_attention_heads", 8), config.get("decoder_attention_heads", 8)
-    if enc != dec:
-        raise CheckpointError(
-            f"HF config: encoder_attention_heads={enc} != decoder_attention_heads={dec} is not supported."
-        )
+    enc_heads = int(config.get("encoder_attention_heads", 8))
+    dec_heads = int(config.get("decoder_attention_heads", enc_heads))
     enc_ffn = int(config.get("encoder_ffn_dim", 1024))
     dec_ffn = int(config.get("decoder_ffn_dim", enc_ffn))
     timm_name = backbone_config.get("backbone") or config.get("backbone") or "resnet50"
@@ -167,7 +164,8 @@ def model_section_from_hf_config(config: dict[str, Any]) -> tuple[ModelSection, 
             with_box_refine=bool(config.get("with_box_refine", False)),
             two_stage=two_stage,
             hidden_dim=int(config.get("d_model", 256)),
-            nheads=int(config.get("encoder_attention_heads", 8)),
+            nheads=enc_heads,
+            dec_nheads=None if dec_heads == enc_heads else dec_heads,
             enc_layers=int(config.get("encoder_layers", 6)),
             dec_layers=int(config.get("decoder_layers", 6)),
             dim_feedforward=enc_ffn,

@@ -170,6 +170,12 @@ class ModelSection(Section):
     nheads: int = spec_field(
         8, ge=1, never_searched="must divide model.hidden_dim", description="attention heads"
     )
+    dec_nheads: int | None = spec_field(
+        None,
+        ge=1,
+        never_searched="must divide model.hidden_dim",
+        description="(+) decoder attention heads; null: nheads (Hugging Face's decoder_attention_heads)",
+    )
     enc_layers: int = spec_field(6, ge=1, le=12, automl=True)
     dec_layers: int = spec_field(6, ge=1, le=12, automl=True)
     dim_feedforward: int = spec_field(1024, ge=1)
@@ -222,6 +228,7 @@ class ModelSection(Section):
         "two_stage",
         "hidden_dim",
         "nheads",
+        "dec_nheads",
         "enc_layers",
         "dec_layers",
         "dim_feedforward",
