@@ -124,3 +124,31 @@ def test_two_real_workers_share_a_study(tiny_spec_file: Path) -> None:
     assert all(started_count(results / "automl" / f"trial_{t.number:03d}") == 1 for t in trials)
     assert len({t.user_attrs["pid"] for t in trials}) == 2
     assert os.path.isfile(results / "automl" / "leaderboard.csv")
+
+
+def test_test_map_metric_evaluates_the_trial_checkpoint(tiny_spec_file: Path) -> None:
+    """automl.metric=test_mAP through the real `ddetr train` and `ddetr evaluate` of a one-trial search."""
+    spec = load_spec(tiny_spec_file)
+    val = spec.dataset.val_data_sources[0]
+    log = tiny_spec_file.parent / "automl.log"
+    args = [
+        "automl",
+        "-e",
+        str(tiny_spec_file),
+        "automl.algorithm=random",
+        "automl.max_recommendations=1",
+        "automl.max_epochs=1",
+        "automl.metric=test_mAP",
+        f"dataset.test_data_sources.image_dir={val.image_dir}",
+        f"dataset.test_data_sources.json_file={val.json_file}",
+        *LR_ONLY,
+    ]
+    assert _ddetr(*args, log=log).wait(1200) == 0, log.read_text()[-3000:]
+    (trial,) = sqlite_study(Path(spec.results_dir)).get_trials()
+    assert trial.state == TrialState.COMPLETE
+    trial_dir = Path(spec.results_dir) / "automl" / "trial_000"
+    metrics = json.loads((trial_dir / "evaluate" / "metrics.json").read_text())
+    assert trial.value == metrics["test_mAP"] and Path(metrics["model"]) == Path(
+        trial.user_attrs["checkpoint"]
+    )
+    assert "val_mAP" in trial.user_attrs

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import torch
 import transformers  # a test dependency: never skipped
+from transformers.activations import ACT2CLS
 
 from ddetr.errors import CheckpointError
 from ddetr.model.detector import DeformableDETR
-from ddetr.model.weights_hf import convert_hf_state_dict
+from ddetr.model.transformer import FFN_ACTIVATIONS
+from ddetr.model.weights_hf import convert_hf_state_dict, model_section_from_hf_config
+from ddetr.spec.sections import FfnActivation, ModelSection
 
 TOLERANCE = 1e-4
 SMALL = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=128, decoder_ffn_dim=128)
 
 
 def _hf_model(seed: int = 0, **kwargs):
+    kwargs.setdefault("backbone", "resnet50")
     config = transformers.DeformableDetrConfig(
-        use_timm_backbone=True, backbone="resnet50", use_pretrained_backbone=False, **kwargs
+        use_timm_backbone=True, use_pretrained_backbone=False, **kwargs
     )
     torch.manual_seed(seed)
     model = transformers.DeformableDetrForObjectDetection(config).eval()
@@ -132,3 +138,164 @@ def test_non_timm_backbone_is_rejected() -> None:
     config = {"backbone_config": {"model_type": "resnet"}, "num_labels": 3}
     with pytest.raises(CheckpointError, match=r"model_type 'resnet'"):
         convert_hf_state_dict({}, config)
+
+
+# ------------------------------------------- every config transformers builds: FFN widths, activations, kernels
+# activations whose module holds learned parameters: refused with a one-line error
+LEARNED = {"prelu", "xielu"}
+
+
+def test_every_parameter_free_hf_activation_is_implemented() -> None:
+    assert set(typing.get_args(FfnActivation)) == set(FFN_ACTIVATIONS)
+    assert set(ACT2CLS) - LEARNED == set(FFN_ACTIVATIONS)
+
+
+def test_every_activation_matches_hf_elementwise() -> None:
+    from transformers.activations import ACT2FN
+
+    x = torch.linspace(-12.0, 12.0, 4001)
+    for name, function in FFN_ACTIVATIONS.items():
+        assert (function(x) - ACT2FN[name](x)).abs().max().item() <= 1e-5, name
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu", "quick_gelu", "gelu_new"])
+def test_activation_parity(activation: str) -> None:
+    hf_model = _hf_model(
+        **dict(SMALL, num_feature_levels=1, num_queries=20, num_labels=4, activation_function=activation),
+        backbone="resnet18",  # small: one model per activation
+    )
+    model = _ours(hf_model)
+    assert model.model_config.activation == activation
+    assert all(layer.activation == activation for layer in model.transformer.encoder.layers)
+    _assert_parity(hf_model, model)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(
+            encoder_ffn_dim=96,
+            decoder_ffn_dim=160,
+            encoder_attention_heads=8,
+            decoder_attention_heads=4,
+            with_box_refine=True,
+            disable_custom_kernels=True,
+        ),
+        dict(
+            encoder_ffn_dim=160,
+            decoder_ffn_dim=48,
+            activation_function="gelu",
+            two_stage=True,
+            with_box_refine=True,
+            two_stage_num_proposals=30,
+            disable_custom_kernels=False,
+        ),
+    ],
+    ids=["enc96_dec160_heads8_4_refine_nokernels", "enc160_dec48_gelu_two_stage"],
+)
+def test_separate_encoder_and_decoder_ffn_widths(variant: dict, tmp_path) -> None:
+    """HF folder -> `ddetr import_weights --source hf` -> checkpoint whose card carries both widths."""
+    from ddetr.artefacts.checkpoint import load_checkpoint
+    from ddetr.cli import main
+
+    config = dict(SMALL, num_queries=30, num_labels=5)
+    config.update(variant)
+    hf_model = _hf_model(**config)
+    hf_model.save_pretrained(tmp_path / "hf")
+    output = tmp_path / "imported.pth"
+    assert main(["import_weights", "--source", "hf", str(tmp_path / "hf"), str(output)]) == 0
+    card = load_checkpoint(output).card
+    assert card.model.dim_feedforward == variant["encoder_ffn_dim"]
+    assert card.model.dec_dim_feedforward == variant["decoder_ffn_dim"]
+    assert card.model.activation == variant.get("activation_function", "relu")
+    heads = variant.get("decoder_attention_heads", 8)
+    assert card.model.dec_nheads == (None if heads == 8 else heads)
+    model = DeformableDETR.from_checkpoint(output).eval()
+    assert model.transformer.decoder.layers[0].linear1.out_features == variant["decoder_ffn_dim"]
+    assert model.transformer.decoder.layers[0].cross_attn.n_heads == heads
+    assert model.transformer.decoder.layers[0].self_attn.num_heads == heads
+    _assert_parity(hf_model, model)
+
+
+@pytest.mark.parametrize("activation", sorted(LEARNED))
+def test_activation_with_learned_parameters_is_one_line_error(activation: str) -> None:
+    config = transformers.DeformableDetrConfig(
+        use_timm_backbone=True,
+        backbone="resnet50",
+        use_pretrained_backbone=False,
+        activation_function=activation,
+    )
+    with pytest.raises(CheckpointError, match=rf"activation_function='{activation}'") as info:
+        model_section_from_hf_config(config.to_dict())
+    assert "\n" not in str(info.value)
+
+
+def test_section_with_one_width_and_relu_is_the_default() -> None:
+    section = ModelSection()
+    assert section.dec_dim_feedforward is None and section.activation == "relu" and section.dec_nheads is None
+    assert {"dec_dim_feedforward", "activation", "dec_nheads"} <= set(ModelSection.ARCHITECTURE_FIELDS)
+
+
+def test_decoder_heads_must_divide_hidden_dim() -> None:
+    from ddetr.errors import SpecError
+    from ddetr.spec.load import load_spec
+
+    with pytest.raises(SpecError, match=r"model\.dec_nheads=3"):
+        load_spec(None, ["model.dec_nheads=3"])
+
+
+# ------------------------------------------------ Hub ids through huggingface_hub's cache (offline, never fetched)
+
+HUB_ID = "SenseTime/deformable-detr-with-box-refine"
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture()
+def hf_cache(tmp_path, monkeypatch):
+    """A Hugging Face cache holding a tiny random model under HUB_ID, in offline mode; returns the HF model."""
+    cache = tmp_path / "hub"
+    repo = cache / f"models--{HUB_ID.replace('/', '--')}"
+    hf_model = _hf_model(**VARIANTS["box_refine"])
+    hf_model.save_pretrained(repo / "snapshots" / REVISION)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(REVISION)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return hf_model
+
+
+def test_import_weights_from_a_cached_hub_id(hf_cache, tmp_path) -> None:
+    from ddetr.cli import main
+
+    output = tmp_path / "imported.pth"
+    assert main(["import_weights", "--source", "hf", f"hf:{HUB_ID}", str(output)]) == 0
+    model = DeformableDETR.from_checkpoint(output).eval()
+    assert model.model_config.with_box_refine and model.num_classes == hf_cache.config.num_labels
+    _assert_parity(hf_cache, model)
+
+
+def test_pretrained_model_path_takes_a_hub_id(hf_cache) -> None:
+    from ddetr.model.weights import import_hf
+    from ddetr.tasks.train import load_pretrained
+
+    converted, section, num_classes, _ = import_hf(f"hf:{HUB_ID}")
+    model = DeformableDETR.from_config(section, num_classes)
+    load_pretrained(model, f"hf:{HUB_ID}@main")
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in converted.items())
+    _assert_parity(hf_cache, model.eval())
+
+
+def test_unknown_hub_id_is_one_line_error_naming_it(hf_cache, capsys) -> None:
+    from ddetr.cli import main
+    from ddetr.model.weights import resolve_hf_hub_id
+
+    with pytest.raises(
+        CheckpointError, match=r"hf:SenseTime/not-cached: model 'SenseTime/not-cached' is not in"
+    ):
+        resolve_hf_hub_id("hf:SenseTime/not-cached")
+    assert main(["import_weights", "--source", "hf", "hf:SenseTime/not-cached", "out.pth"]) != 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "hf:SenseTime/not-cached" in err[0] and "HF_HUB_OFFLINE" in err[0]
+    with pytest.raises(CheckpointError, match=r"hf:<org>/<name>"):
+        resolve_hf_hub_id("hf:no-org")

@@ -78,6 +78,21 @@ def test_step_interval_checkpoints(tiny_spec_args: list[str]) -> None:
     assert steps[:2] == [2, 4]
 
 
+def test_reduce_on_plateau_steps_on_monitor_name(tiny_spec_args: list[str]) -> None:
+    args = [
+        *tiny_spec_args,
+        "train.optim.lr_scheduler=ReduceLROnPlateau",
+        "train.optim.monitor_name=val_mAP",
+    ]
+    train.run(load_spec(None, args))
+    # a checkpoint is written before its epoch's scheduler step: epoch 1's holds the step after epoch 0
+    saved = torch.load(_train_dir(args) / "dd_model_latest.pth", map_location="cpu", weights_only=True)
+    (state,) = saved["lr_schedulers"]
+    events = read_status(_train_dir(args) / "status.json")
+    first = next(e["kpi"] for e in events if "val_mAP" in e.get("kpi", {}))
+    assert state["mode"] == "max" and state["best"] == pytest.approx(first["val_mAP"])
+
+
 def test_dry_run_keeps_nothing(tiny_spec_args: list[str]) -> None:
     args = [*tiny_spec_args, "train.is_dry_run=true"]
     train.run(load_spec(None, args))

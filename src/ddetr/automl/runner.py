@@ -5,10 +5,16 @@ The trial's spec is the base spec with the trial's values, its own ``results_dir
 training runs as a subprocess; every validation's metric read from ``trial_<NNN>/train/status.json`` is
 reported to Optuna, and when the pruner says so the subprocess is terminated. The subprocess dies with the
 search process (see :mod:`ddetr.automl.child`), so a killed search leaves no training behind.
+
+With ``automl.metric`` test_mAP or test_mAP50 the pruner watches the validation counterpart (val_mAP,
+val_mAP50) during training; a trial that trains to its end then runs ``ddetr evaluate`` on its checkpoint
+(``dd_model_latest.pth``) with ``dataset.test_data_sources``, in ``trial_<NNN>/evaluate``, and that
+evaluation's metric is the trial's value.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -53,6 +59,16 @@ def default_train_command() -> list[str]:
     return [sys.executable, "-m", "ddetr", "train"]
 
 
+def default_evaluate_command() -> list[str]:
+    """``python -m ddetr evaluate`` with this interpreter."""
+    return [sys.executable, "-m", "ddetr", "evaluate"]
+
+
+def watched_metric(metric: str) -> str:
+    """The metric read from a training's validations: ``test_mAP`` -> ``val_mAP``; ``val_*`` as it is."""
+    return "val_" + metric[len("test_") :] if metric.startswith("test_") else metric
+
+
 @dataclass
 class _Watch:
     reported: set[int] = field(default_factory=set)
@@ -70,6 +86,8 @@ class TrialRunner:
         space: The search space.
         automl_dir: ``<results_dir>/automl``.
         train_command: The training command before ``-e SPEC`` (default ``python -m ddetr train``).
+        evaluate_command: The evaluation command before ``-e SPEC`` for test_* metrics (default
+            ``python -m ddetr evaluate``).
         poll_interval: Seconds between looks at a running trial's status.json.
         stop: Set to stop running trials (they are failed and queued again).
     """
@@ -81,6 +99,7 @@ class TrialRunner:
         automl_dir: Path,
         *,
         train_command: Sequence[str] | None = None,
+        evaluate_command: Sequence[str] | None = None,
         poll_interval: float = 1.0,
         stop: threading.Event | None = None,
     ) -> None:
@@ -88,8 +107,10 @@ class TrialRunner:
         self.space = space
         self.automl_dir = automl_dir
         self.metric = base.automl.metric
+        self.watched = watched_metric(self.metric)  # what the pruner sees epoch by epoch
         self.sign = 1.0 if base.automl.direction == "maximize" else -1.0
         self.train_command = list(train_command) if train_command else default_train_command()
+        self.evaluate_command = list(evaluate_command) if evaluate_command else default_evaluate_command()
         self.poll_interval = poll_interval
         self.stop = stop or threading.Event()
 
@@ -133,13 +154,20 @@ class TrialRunner:
         logger.info("trial %d: %s", trial.number, ", ".join(f"{k}={v}" for k, v in values.items()))
         return self._watch(study, trial, trial_dir, spec_path)
 
-    def _launch(self, trial_dir: Path, spec_path: Path) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "ddetr.automl.child", str(os.getpid()), "--", *self.train_command]
-        cmd += ["-e", str(spec_path)]
+    def _launch(
+        self,
+        trial_dir: Path,
+        spec_path: Path,
+        command: Sequence[str] | None = None,
+        extra: Sequence[str] = (),
+        log_name: str = "train.log",
+    ) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "ddetr.automl.child", str(os.getpid()), "--"]
+        cmd += [*(command or self.train_command), "-e", str(spec_path), *extra]
         env = dict(os.environ)
         if self.base.encryption_key:
             env[KEY_ENV] = self.base.encryption_key
-        with (trial_dir / "train.log").open("ab") as log:
+        with (trial_dir / log_name).open("ab") as log:
             return subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
             )
@@ -149,7 +177,7 @@ class TrialRunner:
             kpi = event.get("kpi") or {}
             if event.get("status") == "FAILURE":
                 watch.failure = str(event.get("message", ""))
-            value = kpi.get(self.metric)
+            value = kpi.get(self.watched)
             if (
                 event.get("status") != "RUNNING"
                 or "epoch" not in event
@@ -221,12 +249,64 @@ class TrialRunner:
                 watch.failure or f"training exited with code {proc.returncode}; see {trial_dir / 'train.log'}"
             )
             if proc.returncode == 0:
-                reason = f"no {self.metric} in {status_path}"
+                reason = f"no {self.watched} in {status_path}"
             logger.warning("trial %d failed: %s", trial.number, reason)
             trial.set_user_attr("error", reason)
             return study.tell(trial, state=TrialState.FAIL)
         latest = trial_dir / "train" / "dd_model_latest.pth"
         if latest.exists():
             trial.set_user_attr("checkpoint", str(latest.resolve()))
-        logger.info("trial %d finished: %s=%.4f", trial.number, self.metric, watch.last_value)
-        return study.tell(trial, watch.last_value)
+        value = watch.last_value
+        if self.watched != self.metric:  # test_*: the trial's checkpoint evaluated on the test data
+            trial.set_user_attr(self.watched, watch.last_value)
+            try:
+                value = self._evaluate(trial, trial_dir, spec_path, latest)
+            except BaseException:
+                trial.set_user_attr("error", "interrupted")
+                frozen = study.tell(trial, state=TrialState.FAIL)
+                callback = storage.get_heartbeat_stale_trial_callback()
+                if callback is not None:
+                    callback(study, frozen)
+                raise
+            trial.set_user_attr("duration_s", round(time.monotonic() - start, 1))
+            if isinstance(value, str):
+                logger.warning("trial %d failed: %s", trial.number, value)
+                trial.set_user_attr("error", value)
+                return study.tell(trial, state=TrialState.FAIL)
+        logger.info("trial %d finished: %s=%.4f", trial.number, self.metric, value)
+        return study.tell(trial, value)
+
+    def _evaluate(
+        self, trial: optuna.Trial, trial_dir: Path, spec_path: Path, checkpoint: Path
+    ) -> float | str:
+        """``ddetr evaluate`` of the trial's checkpoint into ``trial_dir/evaluate``.
+
+        Returns:
+            The metric (test_mAP or test_mAP50), or the reason the evaluation gave none.
+        """
+        if not checkpoint.exists():
+            return f"no checkpoint to evaluate ({checkpoint})"
+        metrics_path = trial_dir / "evaluate" / "metrics.json"
+        metrics_path.unlink(missing_ok=True)  # a retried trial must not read an earlier evaluation
+        extra = [f"evaluate.checkpoint={checkpoint.resolve()}", "evaluate.results_dir="]
+        proc = self._launch(trial_dir, spec_path, self.evaluate_command, extra, "evaluate.log")
+        storage = trial.study._storage
+        try:
+            while proc.poll() is None:
+                storage.record_heartbeat(trial._trial_id)
+                if self.stop.is_set():
+                    raise KeyboardInterrupt
+                time.sleep(self.poll_interval)
+        except BaseException:
+            self._terminate(proc)
+            raise
+        log = trial_dir / "evaluate.log"
+        if proc.returncode != 0:
+            return f"evaluation exited with code {proc.returncode}; see {log}"
+        try:
+            value = json.loads(metrics_path.read_text())[self.metric]
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"no {self.metric} in {metrics_path}; see {log}"
+        if not isinstance(value, (int, float)):
+            return f"no {self.metric} in {metrics_path}; see {log}"
+        return float(value)

@@ -113,6 +113,12 @@ def check_search(spec: Spec) -> tuple[SearchSpace, list[dict[str, Any]] | None]:
     """
     if not is_set(spec.results_dir):
         raise SpecError("results_dir is not set; automl writes its trials under <results_dir>/automl")
+    test = spec.dataset.test_data_sources
+    if spec.automl.metric.startswith("test_") and not (is_set(test.image_dir) and is_set(test.json_file)):
+        raise SpecError(
+            f"automl.metric={spec.automl.metric} evaluates each trial's checkpoint on dataset.test_data_sources, "
+            "which is not set (image_dir and json_file); set it or use automl.metric=val_mAP"
+        )
     space = build_space(spec)
     broken = violations(spec)
     if broken:
@@ -201,6 +207,7 @@ def run_search(
     automl_dir: Path,
     *,
     train_command: Sequence[str] | None = None,
+    evaluate_command: Sequence[str] | None = None,
     poll_interval: float = 1.0,
     heartbeat_interval: int = st.HEARTBEAT_INTERVAL,
     grace_period: int = st.GRACE_PERIOD,
@@ -211,6 +218,8 @@ def run_search(
         spec: The validated spec.
         automl_dir: ``<results_dir>/automl`` (created).
         train_command: The training command before ``-e SPEC``; default ``python -m ddetr train``.
+        evaluate_command: The evaluation command before ``-e SPEC`` (``automl.metric`` test_mAP/test_mAP50);
+            default ``python -m ddetr evaluate``.
         poll_interval: Seconds between looks at a running trial.
         heartbeat_interval: Seconds between a running trial's heartbeats in the storage.
         grace_period: Seconds without a heartbeat after which a trial's worker is taken as dead.
@@ -237,6 +246,7 @@ def run_search(
         search.space,
         automl_dir,
         train_command=train_command,
+        evaluate_command=evaluate_command,
         poll_interval=poll_interval,
         stop=search.stop,
     )

@@ -84,6 +84,8 @@ class DetectionModule(pl.LightningModule):
         super().__init__()
         self.model = model
         self.spec = spec
+        # train.activation_checkpoint: recompute transformer layers in the backward pass (less memory)
+        model.transformer.set_activation_checkpoint(spec.train.activation_checkpoint)
         self.class_names = list(class_names or [])
         self.criterion = build_criterion(model.model_config, model.num_classes)
         self.coco_gt = coco_gt
@@ -192,15 +194,28 @@ class DetectionModule(pl.LightningModule):
             )
         else:
             optimizer = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+        # TAO passes train.optim.monitor_name as the scheduler's monitor; only ReduceLROnPlateau reads it
+        monitor = optim.monitor_name
+        schedule: dict[str, Any] = {"interval": "epoch", "monitor": monitor}
         if optim.lr_scheduler == "StepLR":
-            scheduler = torch.optim.lr_scheduler.StepLR(
+            scheduler: Any = torch.optim.lr_scheduler.StepLR(
                 optimizer, step_size=optim.lr_step_size, gamma=optim.lr_decay
             )
+        elif optim.lr_scheduler == "ReduceLROnPlateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer,
+                mode="max" if monitor in (VAL_MAP, VAL_MAP50) else "min",
+                factor=optim.lr_decay,
+                patience=optim.lr_step_size,
+            )
+            if monitor != TRAIN_LOSS:  # validation metrics exist every validation_interval epochs
+                schedule["frequency"] = self.spec.train.validation_interval
+            schedule["strict"] = False  # a run without validation data: warn and keep the lr
         else:
             scheduler = torch.optim.lr_scheduler.MultiStepLR(
                 optimizer, milestones=list(optim.lr_steps), gamma=optim.lr_decay
             )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **schedule}}
 
     # ----------------------------------------------------------------------------------- checkpoints
     def model_card(self) -> ModelCard:

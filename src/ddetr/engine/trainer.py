@@ -130,7 +130,10 @@ def build_trainer(
             check_val_every_n_epoch=train.validation_interval,
             num_sanity_val_steps=0,
             log_every_n_steps=max(1, min(50, steps_per_epoch)),
-            deterministic=False,
+            # train.cudnn: deterministic cuDNN and PyTorch algorithms ("warn": an op without a deterministic
+            # version, such as grid_sample's CUDA backward, warns instead of stopping the run), cuDNN autotuner
+            deterministic="warn" if train.cudnn.deterministic else False,
+            benchmark=train.cudnn.benchmark,
             enable_model_summary=False,
             **limit,
         )

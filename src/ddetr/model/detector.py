@@ -163,6 +163,9 @@ class DeformableDETR(nn.Module):
             enc_n_points=model.enc_n_points,
             two_stage=model.two_stage,
             two_stage_num_proposals=model.num_queries,
+            dec_dim_feedforward=model.dec_dim_feedforward,
+            activation=model.activation,
+            dec_nhead=model.dec_nheads,
         )
         return cls(
             backbone,

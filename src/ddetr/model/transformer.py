@@ -7,11 +7,14 @@ Module names give the original release's state-dict keys (``transformer.encoder.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ddetr.errors import DataError
 from ddetr.model.msda import MSDeformAttn
@@ -23,6 +26,57 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _gelu_erf(x: Tensor) -> Tensor:
+    return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x.pow(3))))
+
+
+def _laplace(x: Tensor) -> Tensor:
+    # the Laplace activation with mu = 1/sqrt(2), sigma = 1/sqrt(4 pi) (as Hugging Face defines it)
+    return 0.5 * (1.0 + torch.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0))))
+
+
+#: ``model.activation`` name -> function; the names are Hugging Face's ``activation_function`` values.
+FFN_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_python": _gelu_erf,
+    "gelu_new": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
+    "gelu_accurate": _gelu_tanh,
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+    "gelu_python_tanh": _gelu_tanh,
+    "gelu_10": lambda x: F.gelu(x).clamp(-10.0, 10.0),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "silu": F.silu,
+    "swish": F.silu,
+    "mish": F.mish,
+    "relu2": lambda x: F.relu(x).square(),
+    "relu6": F.relu6,
+    "leaky_relu": F.leaky_relu,
+    "hardswish": F.hardswish,
+    "laplace": _laplace,
+    "linear": lambda x: x,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "sqrtsoftplus": lambda x: F.softplus(x).sqrt(),
+}
+
+
+def run_layer(layer: nn.Module, recompute: bool, *args: object) -> Tensor:
+    """``layer(*args)``; with ``recompute`` in training under autograd, its activations are not kept for the
+    backward pass but recomputed there (gradient checkpointing, ``train.activation_checkpoint``)."""
+    if recompute and layer.training and torch.is_grad_enabled():
+        return checkpoint(layer, *args, use_reentrant=False)
+    return layer(*args)
+
+
 def valid_ratios_of(mask: Tensor) -> Tensor:
     """mask (B, H, W) True at padding -> (B, 2) valid fraction of the width and the height."""
     _, height, width = mask.shape
@@ -32,12 +86,21 @@ def valid_ratios_of(mask: Tensor) -> Tensor:
 
 
 class DeformableTransformerEncoderLayer(nn.Module):
-    """Post-norm layer: deformable self-attention, then ReLU feed-forward."""
+    """Post-norm layer: deformable self-attention, then the feed-forward (ReLU unless ``activation`` says)."""
 
     def __init__(
-        self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int
+        self,
+        d_model: int,
+        d_ffn: int,
+        dropout: float,
+        n_levels: int,
+        n_heads: int,
+        n_points: int,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
+        self.activation = activation
+        self._act = FFN_ACTIVATIONS[activation]
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
@@ -59,16 +122,21 @@ class DeformableTransformerEncoderLayer(nn.Module):
         """src, pos (B, S, d); reference_points (B, S, L, 2); padding_mask (B, S) -> (B, S, d)."""
         attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, shapes, padding_mask)
         src = self.norm1(src + self.dropout1(attended))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        ffn = self.linear2(self.dropout2(self._act(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
 
 
 class DeformableTransformerEncoder(nn.Module):
-    """A stack of encoder layers; each token's reference point is its own pixel centre."""
+    """A stack of encoder layers; each token's reference point is its own pixel centre.
+
+    ``activation_checkpoint`` (set by training): recompute each layer in the backward pass instead of keeping
+    its activations.
+    """
 
     def __init__(self, layers: list[DeformableTransformerEncoderLayer]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.activation_checkpoint = False
 
     @staticmethod
     def get_reference_points(shapes: list[tuple[int, int]], valid_ratios: Tensor) -> Tensor:
@@ -100,17 +168,35 @@ class DeformableTransformerEncoder(nn.Module):
         reference_points = self.get_reference_points(shapes, valid_ratios)
         output = src
         for layer in self.layers:
-            output = layer(output, pos, reference_points, spatial_shapes, shapes, padding_mask)
+            output = run_layer(
+                layer,
+                self.activation_checkpoint,
+                output,
+                pos,
+                reference_points,
+                spatial_shapes,
+                shapes,
+                padding_mask,
+            )
         return output
 
 
 class DeformableTransformerDecoderLayer(nn.Module):
-    """Post-norm layer: self-attention between queries, deformable cross-attention, ReLU feed-forward."""
+    """Post-norm layer: self-attention between queries, deformable cross-attention, feed-forward."""
 
     def __init__(
-        self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int
+        self,
+        d_model: int,
+        d_ffn: int,
+        dropout: float,
+        n_levels: int,
+        n_heads: int,
+        n_points: int,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
+        self.activation = activation
+        self._act = FFN_ACTIVATIONS[activation]
         self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
@@ -141,7 +227,7 @@ class DeformableTransformerDecoderLayer(nn.Module):
             tgt + query_pos, reference_points, src, spatial_shapes, shapes, padding_mask
         )
         tgt = self.norm1(tgt + self.dropout1(attended))
-        ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt))))
+        ffn = self.linear2(self.dropout3(self._act(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout4(ffn))
 
 
@@ -150,11 +236,13 @@ class DeformableTransformerDecoder(nn.Module):
 
     ``bbox_embed`` (box refinement) and ``class_embed`` (two-stage) are set by the detector to its own
     heads (aliases, as in the original); ``bbox_embed`` None means the reference points stay fixed.
+    ``activation_checkpoint`` as in :class:`DeformableTransformerEncoder`.
     """
 
     def __init__(self, layers: list[DeformableTransformerDecoderLayer]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.activation_checkpoint = False
         self.num_layers = len(layers)
         self.bbox_embed: nn.ModuleList | None = None
         self.class_embed: nn.ModuleList | None = None
@@ -190,7 +278,17 @@ class DeformableTransformerDecoder(nn.Module):
             else:
                 ratios = valid_ratios[:, None]  # (B, 1, L, 2)
             reference_input = reference_points[:, :, None] * ratios  # (B, Q, L, 2|4)
-            output = layer(output, query_pos, reference_input, src, spatial_shapes, shapes, padding_mask)
+            output = run_layer(
+                layer,
+                self.activation_checkpoint,
+                output,
+                query_pos,
+                reference_input,
+                src,
+                spatial_shapes,
+                shapes,
+                padding_mask,
+            )
             if self.bbox_embed is not None:
                 delta = self.bbox_embed[index](output)  # (B, Q, 4)
                 if reference_points.shape[-1] == 4:
@@ -240,15 +338,20 @@ class DeformableTransformer(nn.Module):
         enc_n_points: int = 4,
         two_stage: bool = False,
         two_stage_num_proposals: int = 300,
+        dec_dim_feedforward: int | None = None,
+        activation: str = "relu",
+        dec_nhead: int | None = None,
     ) -> None:
         super().__init__()
+        if activation not in FFN_ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; known: {', '.join(FFN_ACTIVATIONS)}")
         self.d_model = d_model
         self.two_stage = two_stage
         self.two_stage_num_proposals = two_stage_num_proposals
         self.encoder = DeformableTransformerEncoder(
             [
                 DeformableTransformerEncoderLayer(
-                    d_model, dim_feedforward, dropout, num_feature_levels, nhead, enc_n_points
+                    d_model, dim_feedforward, dropout, num_feature_levels, nhead, enc_n_points, activation
                 )
                 for _ in range(num_encoder_layers)
             ]
@@ -256,7 +359,13 @@ class DeformableTransformer(nn.Module):
         self.decoder = DeformableTransformerDecoder(
             [
                 DeformableTransformerDecoderLayer(
-                    d_model, dim_feedforward, dropout, num_feature_levels, nhead, dec_n_points
+                    d_model,
+                    dec_dim_feedforward or dim_feedforward,
+                    dropout,
+                    num_feature_levels,
+                    dec_nhead or nhead,
+                    dec_n_points,
+                    activation,
                 )
                 for _ in range(num_decoder_layers)
             ]
@@ -283,6 +392,12 @@ class DeformableTransformer(nn.Module):
             nn.init.xavier_uniform_(self.reference_points.weight, gain=1.0)
             nn.init.constant_(self.reference_points.bias, 0.0)
         nn.init.normal_(self.level_embed)
+
+    def set_activation_checkpoint(self, enabled: bool) -> None:
+        """Recompute encoder and decoder layers in the backward pass (training only) instead of keeping
+        their activations: less memory for about one more forward pass of the transformer."""
+        self.encoder.activation_checkpoint = bool(enabled)
+        self.decoder.activation_checkpoint = bool(enabled)
 
     def get_proposal_pos_embed(self, proposals: Tensor) -> Tensor:
         """proposals (B, Q, 4) logits -> (B, Q, 2d) sine embedding of the sigmoid box (d/2 features per coord)."""

@@ -147,12 +147,15 @@ def original_layout(model: ModelSection, num_classes: int) -> dict[str, tuple[in
         layout |= _norm(f"{p}.norm2", d)
     for i in range(model.dec_layers):
         p = f"transformer.decoder.layers.{i}"
-        layout |= _msda_keys(f"{p}.cross_attn", d, model.nheads, levels, model.dec_n_points)
+        layout |= _msda_keys(
+            f"{p}.cross_attn", d, model.dec_nheads or model.nheads, levels, model.dec_n_points
+        )
         layout |= {f"{p}.self_attn.in_proj_weight": (3 * d, d), f"{p}.self_attn.in_proj_bias": (3 * d,)}
         layout |= _linear(f"{p}.self_attn.out_proj", d, d)
         for name in ("norm1", "norm2", "norm3"):
             layout |= _norm(f"{p}.{name}", d)
-        layout |= _linear(f"{p}.linear1", ff, d) | _linear(f"{p}.linear2", d, ff)
+        dec_ff = model.dec_dim_feedforward or ff
+        layout |= _linear(f"{p}.linear1", dec_ff, d) | _linear(f"{p}.linear2", d, dec_ff)
     if model.two_stage:
         layout |= _linear("transformer.enc_output", d, d) | _norm("transformer.enc_output_norm", d)
         layout |= _linear("transformer.pos_trans", 2 * d, 2 * d) | _norm("transformer.pos_trans_norm", 2 * d)
@@ -403,10 +406,61 @@ def _class_names_from_hf(config: Mapping[str, Any], num_classes: int) -> list[st
     return [names.get(i, "") for i in range(num_classes)]
 
 
+#: ``hf:<org>/<name>[@<revision>]`` names a model on the Hugging Face Hub (e.g. ``hf:SenseTime/deformable-detr``).
+HF_HUB_PREFIX = "hf:"
+_HF_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+_HF_FILES += ["pytorch_model.bin"]
+
+
+def is_hf_hub_id(value: str | os.PathLike[str]) -> bool:
+    """True for ``hf:<org>/<name>[@<revision>]``."""
+    return isinstance(value, str) and value.startswith(HF_HUB_PREFIX)
+
+
+def resolve_hf_hub_id(ref: str) -> Path:
+    """The local snapshot folder of ``hf:<org>/<name>[@<revision>]``, through huggingface_hub's cache.
+
+    The cache is ``HF_HUB_CACHE`` (default ``~/.cache/huggingface/hub``); a model not in it is downloaded,
+    unless ``HF_HUB_OFFLINE`` is set. Only the config and the weights are fetched.
+
+    Raises:
+        CheckpointError: one line naming the id when it is neither cached nor reachable.
+    """
+    repo_id, _, revision = ref[len(HF_HUB_PREFIX) :].partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise CheckpointError(f"{ref}: a Hugging Face Hub id is hf:<org>/<name>[@<revision>]")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(
+            f"{ref}: needs the huggingface_hub package (pip install huggingface_hub)"
+        ) from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    try:
+        folder = snapshot_download(
+            repo_id,
+            revision=revision or None,
+            cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+            local_files_only=offline,
+            allow_patterns=_HF_FILES,
+        )
+    except Exception as err:  # huggingface_hub raises its own errors and requests' for the network
+        why = (
+            "is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+            if offline
+            else "is neither in the Hugging Face cache nor downloadable"
+        )
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{ref}: model {repo_id!r} {why} ({type(err).__name__}: {detail})") from None
+    logger.info("%s -> %s", ref, folder)
+    return Path(folder)
+
+
 def import_hf(
     folder: str | os.PathLike[str],
 ) -> tuple[dict[str, torch.Tensor], ModelSection, int, list[str] | None]:
-    """Read a Hugging Face ``DeformableDetrForObjectDetection`` folder and convert it to our keys.
+    """Read a Hugging Face ``DeformableDetrForObjectDetection`` folder (or ``hf:<org>/<name>`` Hub id, see
+    :func:`resolve_hf_hub_id`) and convert it to our keys.
 
     Returns:
         ``(state_dict, model_section, num_classes, class_names)``.
@@ -416,7 +470,7 @@ def import_hf(
     """
     from ddetr.model.weights_hf import convert_hf_state_dict
 
-    path = Path(folder)
+    path = resolve_hf_hub_id(folder) if is_hf_hub_id(folder) else Path(folder)
     if not path.is_dir():
         raise CheckpointError(f"{path}: expected a Hugging Face model folder (config.json + weights)")
     config_file = path / "config.json"

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ddetr.errors import CheckpointError, SpecError
+from ddetr.model.transformer import FFN_ACTIVATIONS
 from ddetr.spec.sections import ModelSection
 
 logger = logging.getLogger(__name__)
@@ -108,8 +109,13 @@ def _rename(key: str) -> str | None:
 def model_section_from_hf_config(config: dict[str, Any]) -> tuple[ModelSection, int]:
     """Architecture fields of a HF ``config.json`` dict -> (ModelSection, num_classes).
 
+    Separate encoder and decoder feed-forward widths and attention heads, and every parameter-free
+    ``activation_function`` map to the model section; ``disable_custom_kernels`` (CUDA kernel or PyTorch path) and the training-only
+    settings (dropouts, layer drop, init) do not change the outputs and are not needed.
+
     Raises:
-        CheckpointError: a setting ddetr cannot reproduce (non-timm backbone, other activation...).
+        CheckpointError: a setting ddetr cannot reproduce (non-timm backbone, learned position embedding,
+            an activation with learned parameters).
     """
     backbone_config = config.get("backbone_config") or {}
     if backbone_config and backbone_config.get("model_type") != "timm_backbone":
@@ -121,19 +127,21 @@ def model_section_from_hf_config(config: dict[str, Any]) -> tuple[ModelSection, 
         raise CheckpointError(
             "HF config: use_timm_backbone=false is not supported; only timm backbones can be imported."
         )
-    for field, wanted in (("activation_function", "relu"), ("position_embedding_type", "sine")):
-        if config.get(field, wanted) != wanted:
-            raise CheckpointError(
-                f"HF config: {field}='{config.get(field)}' is not supported (only '{wanted}')."
-            )
-    for enc, dec in (
-        ("encoder_attention_heads", "decoder_attention_heads"),
-        ("encoder_ffn_dim", "decoder_ffn_dim"),
-    ):
-        if config.get(enc, 0) != config.get(dec, 0):
-            raise CheckpointError(
-                f"HF config: {enc}={config.get(enc)} != {dec}={config.get(dec)} is not supported."
-            )
+    if config.get("position_embedding_type", "sine") != "sine":
+        raise CheckpointError(
+            f"HF config: position_embedding_type='{config.get('position_embedding_type')}' is not supported "
+            "(only 'sine')."
+        )
+    activation = config.get("activation_function", "relu")
+    if activation not in FFN_ACTIVATIONS:
+        raise CheckpointError(
+            f"HF config: activation_function='{activation}' is not supported (it has learned parameters or "
+            f"is unknown); supported: {', '.join(FFN_ACTIVATIONS)}."
+        )
+    enc_heads = int(config.get("encoder_attention_heads", 8))
+    dec_heads = int(config.get("decoder_attention_heads", enc_heads))
+    enc_ffn = int(config.get("encoder_ffn_dim", 1024))
+    dec_ffn = int(config.get("decoder_ffn_dim", enc_ffn))
     timm_name = backbone_config.get("backbone") or config.get("backbone") or "resnet50"
     levels = int(config.get("num_feature_levels", 4))
     out_indices = backbone_config.get("out_indices") or ([2, 3, 4] if levels > 1 else [4])
@@ -156,10 +164,13 @@ def model_section_from_hf_config(config: dict[str, Any]) -> tuple[ModelSection, 
             with_box_refine=bool(config.get("with_box_refine", False)),
             two_stage=two_stage,
             hidden_dim=int(config.get("d_model", 256)),
-            nheads=int(config.get("encoder_attention_heads", 8)),
+            nheads=enc_heads,
+            dec_nheads=None if dec_heads == enc_heads else dec_heads,
             enc_layers=int(config.get("encoder_layers", 6)),
             dec_layers=int(config.get("decoder_layers", 6)),
-            dim_feedforward=int(config.get("encoder_ffn_dim", 1024)),
+            dim_feedforward=enc_ffn,
+            dec_dim_feedforward=None if dec_ffn == enc_ffn else dec_ffn,
+            activation=activation,
             dropout_ratio=float(config.get("dropout", 0.1)),
             enc_n_points=int(config.get("encoder_n_points", 4)),
             dec_n_points=int(config.get("decoder_n_points", 4)),

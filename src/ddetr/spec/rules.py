@@ -137,6 +137,10 @@ def check_model_section(model: ModelSection, num_classes: int) -> None:
         raise SpecError(
             f"model.hidden_dim: {model.hidden_dim} must be divisible by model.nheads={model.nheads}."
         )
+    if model.dec_nheads is not None and model.hidden_dim % model.dec_nheads != 0:
+        raise SpecError(
+            f"model.hidden_dim: {model.hidden_dim} must be divisible by model.dec_nheads={model.dec_nheads}."
+        )
     if model.hidden_dim % GROUP_NORM_GROUPS != 0:
         raise SpecError(
             f"model.hidden_dim: {model.hidden_dim} must be a multiple of {GROUP_NORM_GROUPS} "

@@ -19,10 +19,37 @@ import copy
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ddetr.errors import SpecError
 
 MISSING = "???"
+# Feed-forward activations of the transformer layers: Hugging Face's ``activation_function`` names that take
+# no learned parameters (ddetr.model.transformer.FFN_ACTIVATIONS implements each)
+FfnActivation = Literal[
+    "relu",
+    "gelu",
+    "gelu_python",
+    "gelu_new",
+    "gelu_fast",
+    "gelu_accurate",
+    "gelu_pytorch_tanh",
+    "gelu_python_tanh",
+    "gelu_10",
+    "quick_gelu",
+    "silu",
+    "swish",
+    "mish",
+    "relu2",
+    "relu6",
+    "leaky_relu",
+    "hardswish",
+    "laplace",
+    "linear",
+    "sigmoid",
+    "tanh",
+    "sqrtsoftplus",
+]
 # ImageNet statistics: the default normalisation of every model (written here only)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -158,9 +185,27 @@ class ModelSection(Section):
     nheads: int = spec_field(
         8, ge=1, le=MAX_HEADS, never_searched="must divide model.hidden_dim", description="attention heads"
     )
+    dec_nheads: int | None = spec_field(
+        None,
+        ge=1,
+        le=MAX_HEADS,
+        never_searched="must divide model.hidden_dim",
+        description="(+) decoder attention heads; null: nheads (Hugging Face's decoder_attention_heads)",
+    )
     enc_layers: int = spec_field(6, ge=1, le=12, automl=True)
     dec_layers: int = spec_field(6, ge=1, le=12, automl=True)
     dim_feedforward: int = spec_field(1024, ge=1, le=MAX_FEEDFORWARD)
+    dec_dim_feedforward: int | None = spec_field(
+        None,
+        ge=1,
+        le=MAX_FEEDFORWARD,
+        description="(+) decoder feed-forward width; null: dim_feedforward (Hugging Face's decoder_ffn_dim)",
+    )
+    activation: FfnActivation = spec_field(
+        "relu",
+        description="(+) feed-forward activation of the encoder and decoder layers (Hugging Face's "
+        "activation_function)",
+    )
     dropout_ratio: float = spec_field(0.3, ge=0.0, lt=1.0)
     enc_n_points: int = spec_field(4, ge=1, le=MAX_POINTS)
     dec_n_points: int = spec_field(4, ge=1, le=MAX_POINTS)
@@ -201,9 +246,12 @@ class ModelSection(Section):
         "two_stage",
         "hidden_dim",
         "nheads",
+        "dec_nheads",
         "enc_layers",
         "dec_layers",
         "dim_feedforward",
+        "dec_dim_feedforward",
+        "activation",
         "enc_n_points",
         "dec_n_points",
         "dilation",
@@ -359,10 +407,15 @@ class DatasetSection(Section):
 
 
 class CudnnSection(Section):
-    """``train.cudnn``. Inert: accepted so that TAO files load."""
+    """``train.cudnn``: cuDNN's autotuner and deterministic algorithms (Lightning's ``benchmark``/``deterministic``)."""
 
-    benchmark: bool = spec_field(False, inert=True)
-    deterministic: bool = spec_field(True, inert=True)
+    benchmark: bool = spec_field(
+        False, description="cuDNN autotuner: fastest convolution algorithms for fixed input sizes"
+    )
+    deterministic: bool = spec_field(
+        True,
+        description="deterministic cuDNN and PyTorch algorithms; an op without one warns instead of failing",
+    )
 
 
 class OptimSection(Section):
@@ -371,8 +424,8 @@ class OptimSection(Section):
     optimizer: Literal["AdamW", "SGD"] = spec_field("AdamW")
     monitor_name: Literal["val_loss", "train_loss", "val_mAP", "val_mAP50"] = spec_field(
         "val_loss",
-        never_searched="chooses a checkpoint, not the model",
-        description="metric that selects the best checkpoint",
+        never_searched="steers the learning-rate schedule by a metric, not a hyperparameter of the model",
+        description="the metric lr_scheduler=ReduceLROnPlateau watches (TAO: the scheduler's monitor)",
     )
     lr: float = spec_field(2e-4, gt=0.0, automl=True, automl_range=(0.0, 0.01), condition="> 0")
     lr_backbone: float = spec_field(
@@ -395,10 +448,18 @@ class OptimSection(Section):
         0.9, ge=0.0, le=1.0, automl=True, automl_range=(0.0, 1.0), condition="> 0", description="SGD only"
     )
     weight_decay: float = spec_field(1e-4, ge=0.0, automl=True, automl_range=(0.0, 0.1), condition="> 0")
-    lr_scheduler: Literal["MultiStep", "StepLR"] = spec_field("MultiStep")
+    lr_scheduler: Literal["MultiStep", "StepLR", "ReduceLROnPlateau"] = spec_field(
+        "MultiStep",
+        description="MultiStep | StepLR | ReduceLROnPlateau (+): lr * lr_decay when monitor_name has not "
+        "improved for lr_step_size epochs",
+    )
     lr_steps: list[int] = spec_field([40], description="MultiStep: epochs at which the lr decays")
     lr_step_size: int = spec_field(
-        40, ge=1, automl=True, automl_range=(1, 10000), description="StepLR period"
+        40,
+        ge=1,
+        automl=True,
+        automl_range=(1, 10000),
+        description="StepLR period; ReduceLROnPlateau patience (epochs)",
     )
     lr_decay: float = spec_field(0.1, gt=0.0, le=1.0, automl=True, automl_range=(0.0, 1.0), condition="> 0")
 
@@ -427,7 +488,7 @@ class TrainSection(Section):
     gpu_ids: list[int] = spec_field([0])
     num_nodes: int = spec_field(1, ge=1)
     seed: int = spec_field(1234, description="< 0 disables seeding")
-    cudnn: CudnnSection = spec_field(CudnnSection(), description="inert (TAO)")
+    cudnn: CudnnSection = spec_field(CudnnSection())
     num_epochs: int = spec_field(10, ge=1)
     checkpoint_interval: int = spec_field(1, ge=1)
     checkpoint_interval_unit: Literal["epoch", "step"] = spec_field("epoch")
@@ -441,7 +502,11 @@ class TrainSection(Section):
     is_dry_run: bool = spec_field(False, description="one batch of train and val, nothing kept")
     precision: Literal["fp32", "fp16", "bf16"] = spec_field("fp32")
     distributed_strategy: Literal["ddp", "fsdp"] = spec_field("ddp")
-    activation_checkpoint: bool = spec_field(True, inert=True)
+    activation_checkpoint: bool = spec_field(
+        True,
+        description="recompute transformer layers in the backward pass instead of keeping their activations "
+        "(less memory, slower steps)",
+    )
     verbose: bool = spec_field(False)
     results_dir: str = spec_field("", description="empty: <results_dir>/train")
     optim: OptimSection = spec_field(OptimSection())
@@ -567,7 +632,11 @@ class AutomlSection(Section):
         "tpe",
         description="(+) the model behind algorithm=bayesian: tpe (Tree-structured Parzen) or gp (Gaussian process)",
     )
-    metric: Literal["val_mAP", "val_mAP50"] = spec_field("val_mAP")
+    metric: Literal["val_mAP", "val_mAP50", "test_mAP", "test_mAP50"] = spec_field(
+        "val_mAP",
+        description="val_*: the trial's last validation; test_*: the trial's checkpoint evaluated on "
+        "dataset.test_data_sources",
+    )
     direction: Literal["maximize", "minimize"] = spec_field("maximize")
     max_recommendations: int = spec_field(20, ge=1, description="trials")
     max_epochs: int = spec_field(27, ge=1, description="epochs of the longest trial")
@@ -582,6 +651,18 @@ class AutomlSection(Section):
     storage: str = spec_field("", description="optuna storage URL; empty: <results_dir>/automl/study.db")
     study_name: str = spec_field("")
     timeout_minutes: float = spec_field(0, ge=0, description="0: no limit")
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _no_loss_metric(cls, value: Any) -> Any:
+        if value == "val_loss":
+            raise PydanticCustomError(
+                "automl_metric",
+                "val_loss is refused: a loss is not comparable between trials (it changes with "
+                "model.num_queries and the loss weights the search varies, and a lower loss need not mean "
+                "better boxes); use val_mAP, val_mAP50, test_mAP or test_mAP50",
+            )
+        return value
 
 
 class Spec(Section):

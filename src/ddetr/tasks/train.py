@@ -52,20 +52,28 @@ def apply_freeze(model: torch.nn.Module, names: list[str]) -> int:
 def load_pretrained(model: torch.nn.Module, path: str, encryption_key: str | None = None) -> None:
     """Initialise from a full-model checkpoint, keeping tensors whose name and shape match; one report line.
 
-    ``encryption_key`` reads an encrypted checkpoint (plain ones ignore it).
+    ``path`` is a ddetr checkpoint, a Hugging Face model folder or a Hub id ``hf:<org>/<name>`` (converted as
+    ``ddetr import_weights --source hf`` does). ``encryption_key`` reads an encrypted checkpoint (plain ones
+    ignore it).
     """
     from ddetr.artefacts.checkpoint import load_checkpoint
+    from ddetr.model.weights import import_hf, is_hf_hub_id
 
-    info = load_checkpoint(path, encryption_key=encryption_key)
+    if is_hf_hub_id(path) or Path(path).is_dir():
+        state_dict, section, _, _ = import_hf(path)
+        backbone = section.backbone
+    else:
+        info = load_checkpoint(path, encryption_key=encryption_key)
+        state_dict, backbone = info.state_dict, info.card.model.backbone
     own = model.state_dict()
-    matched = {k: v for k, v in info.state_dict.items() if k in own and own[k].shape == v.shape}
+    matched = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
     if not matched:
         raise CheckpointError(
             f"train.pretrained_model_path: no tensor of {path} fits this model "
-            f"(checkpoint backbone {info.card.model.backbone}, spec backbone {model.model_config.backbone})."
+            f"(checkpoint backbone {backbone}, spec backbone {model.model_config.backbone})."
         )
     model.load_state_dict(matched, strict=False)
-    skipped = len(info.state_dict) - len(matched)
+    skipped = len(state_dict) - len(matched)
     missing = len(own) - len(matched)
     logger.info(
         "Pretrained weights %s: %d tensors loaded, %d skipped (name or shape differs), %d left at initialisation.",
