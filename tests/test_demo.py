@@ -71,3 +71,19 @@ def test_demo_learns_the_synthetic_shapes(tmp_path: Path, capsys) -> None:
     figures = _check_output(capsys.readouterr().out, tmp_path)
     test_map50, test_map = figures["test"]
     assert test_map50 >= MIN_TEST_MAP50 and test_map >= MIN_TEST_MAP, figures
+
+
+def test_demo_interrupted_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    import ddetr
+    from ddetr.errors import Interrupted
+
+    def stopped(spec):
+        raise Interrupted("training interrupted by SIGTERM at step 3", 143)
+
+    monkeypatch.setattr(demo, "NUM_TRAIN", 2)
+    monkeypatch.setattr(demo, "NUM_VAL", 1)
+    monkeypatch.setattr(demo, "NUM_TEST", 1)
+    monkeypatch.setattr(ddetr, "train", stopped)
+    assert demo.main(["--results-dir", str(tmp_path)]) == 143
+    errors = [line for line in capsys.readouterr().err.splitlines() if "INFO" not in line]
+    assert errors == ["error: training interrupted by SIGTERM at step 3"]  # no traceback

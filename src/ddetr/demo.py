@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     import ddetr
     from ddetr.cli import setup_logging
     from ddetr.data.synthetic import generate_synthetic_dataset
-    from ddetr.errors import DdetrError
+    from ddetr.errors import DdetrError, Interrupted
 
     setup_logging()
     start = time.monotonic()
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except DdetrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # SIGTERM or Ctrl-C: the step reached is saved; the same command resumes
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     seconds = time.monotonic() - start
     val = trained.val_metrics
     nan = float("nan")
