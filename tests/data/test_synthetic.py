@@ -77,3 +77,16 @@ def test_difficulty_parameters(tmp_path: Path) -> None:
         generate_synthetic_dataset(tmp_path / "x", objects_per_image=(3, 2))
     with pytest.raises(ValueError, match="object_size"):
         generate_synthetic_dataset(tmp_path / "x", object_size=(0.5, 1.5))
+
+
+def test_test_split_is_separate(tmp_path: Path) -> None:
+    out = generate_synthetic_dataset(tmp_path, num_train=4, num_val=3, num_test=5, image_size=(64, 64))
+    assert set(out) >= {"train", "val", "test"}
+    files = _files(tmp_path)
+    test_images = {k: v for k, v in files.items() if k.startswith("images/test/")}
+    assert len(test_images) == 5 and len(json.loads(files["annotations/test.json"])["images"]) == 5
+    others = {v for k, v in files.items() if k.startswith(("images/train/", "images/val/"))}
+    assert not others & set(test_images.values())  # no test image is a training or validation image
+    # without num_test there is no test split
+    plain = generate_synthetic_dataset(tmp_path / "plain", num_train=2, num_val=1, image_size=(64, 64))
+    assert "test" not in plain and not (tmp_path / "plain" / "images" / "test").exists()

@@ -50,10 +50,10 @@ def test_full_tao_spec_loads_unchanged(caplog):
     assert spec.evaluate.checkpoint == MISSING and spec.export.onnx_file == MISSING
     assert spec.inference.color_map == {"person": "green", "car": "red"} and spec.inference.input_width == 960
     assert spec.quantize.model_path == MISSING and spec.gen_trt_engine.tensorrt.data_type == "FP32"
-    assert spec.wandb.enable is True
+    assert spec.wandb.enable is True and spec.wandb.project == "TAO Toolkit"
     inert_lines = [r.getMessage() for r in caplog.records if "inert" in r.getMessage()]
-    assert len(inert_lines) == 1
-    assert "wandb.enable=True" in inert_lines[0] and "\n" not in inert_lines[0]
+    assert len(inert_lines) <= 1 and all("\n" not in line for line in inert_lines)
+    assert not any("wandb." in line for line in inert_lines)  # the wandb section has an effect
 
 
 def test_scientific_notation_without_dot_is_a_float(tmp_path):

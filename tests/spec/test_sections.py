@@ -165,7 +165,7 @@ def test_inert_fields_are_marked():
 
     assert field_meta(ModelSection, "clip_max_norm")["inert"] is True
     assert field_meta(DatasetSection, "dataset_type")["inert"] is True
-    assert all(field_meta(WandbSection, n).get("inert") for n in WandbSection.model_fields)
+    assert not any(field_meta(WandbSection, n).get("inert") for n in WandbSection.model_fields)  # W&B works
     assert field_meta(Spec, "model_name")["inert"] is True
     # fields nothing reads (their TAO meaning is not implemented)
     from ddetr.spec.sections import (

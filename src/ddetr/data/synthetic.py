@@ -8,8 +8,8 @@ gives byte-identical files.
 
 Layout under ``out_dir``::
 
-    images/train/000000.jpg ...      images/val/000000.jpg ...
-    annotations/train.json           annotations/val.json        (COCO detection json)
+    images/train/000000.jpg ...      images/val/000000.jpg ...      images/test/... (num_test > 0)
+    annotations/train.json           annotations/val.json           annotations/test.json (COCO detection json)
     classmap.txt                     one class name per line, line i = category id i + 1
     manifest.json                    the generation parameters (written last)
 """
@@ -95,7 +95,7 @@ def _write_split(
     image_dir = out / "images" / split
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
-    split_seed = {"train": 0, "val": 1}.get(split, 2)
+    split_seed = {"train": 0, "val": 1, "test": 2}[split]
     for i in range(n):
         rng = np.random.default_rng([seed, split_seed, i])
         image, objects = _draw_image(rng, w, h, counts, sizes)
@@ -132,6 +132,7 @@ def generate_synthetic_dataset(
     *,
     num_train: int = 200,
     num_val: int = 60,
+    num_test: int = 0,
     image_size: tuple[int, int] = (128, 128),
     seed: int = 0,
     objects_per_image: tuple[int, int] = (1, 3),
@@ -144,6 +145,8 @@ def generate_synthetic_dataset(
         out_dir: destination folder (created).
         num_train: number of training images.
         num_val: number of validation images.
+        num_test: number of test images (0: no test split); drawn from their own seed, so they are never
+            training or validation images.
         image_size: (width, height) in pixels.
         seed: generation seed; the same seed gives byte-identical files.
         objects_per_image: (min, max) objects per image, inclusive (fewer if they cannot be placed
@@ -153,7 +156,8 @@ def generate_synthetic_dataset(
             return it without writing.
 
     Returns:
-        ``{"train": {"image_dir", "json_file"}, "val": {...}, "classmap": path, "num_classes": 4,
+        ``{"train": {"image_dir", "json_file"}, "val": {...}, "test": {...} (when num_test > 0), "classmap": path,
+        "num_classes": 4,
         "class_names": ["", "circle", "square", "triangle"]}`` (class_names indexed by category id).
     """
     out = Path(out_dir)
@@ -171,6 +175,7 @@ def generate_synthetic_dataset(
     params = {
         "num_train": num_train,
         "num_val": num_val,
+        "num_test": num_test,
         "image_size": [w, h],
         "seed": seed,
         "objects_per_image": list(counts),
@@ -184,6 +189,11 @@ def generate_synthetic_dataset(
             "json_file": str(out / "annotations" / "train.json"),
         },
         "val": {"image_dir": str(out / "images" / "val"), "json_file": str(out / "annotations" / "val.json")},
+        **(
+            {"test": {"image_dir": str(out / "images" / "test"), "json_file": str(out / "annotations" / "test.json")}}
+            if num_test > 0
+            else {}
+        ),
         "classmap": str(out / "classmap.txt"),
         "num_classes": len(CLASS_NAMES) + 1,
         "class_names": ["", *CLASS_NAMES],
@@ -196,9 +206,19 @@ def generate_synthetic_dataset(
             pass
     manifest.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    logger.info("Generating synthetic dataset in %s (%d train, %d val, %dx%d)", out, num_train, num_val, w, h)
+    logger.info(
+        "Generating synthetic dataset in %s (%d train, %d val, %d test, %dx%d)",
+        out,
+        num_train,
+        num_val,
+        num_test,
+        w,
+        h,
+    )
     result["train"] = _write_split(out, "train", num_train, w, h, seed, counts, sizes)
     result["val"] = _write_split(out, "val", num_val, w, h, seed, counts, sizes)
+    if num_test > 0:
+        result["test"] = _write_split(out, "test", num_test, w, h, seed, counts, sizes)
     atomic_write_text(out / "classmap.txt", "\n".join(CLASS_NAMES) + "\n")
     atomic_write_text(manifest, json.dumps(params, sort_keys=True))
     return result

@@ -94,6 +94,8 @@ class DetectionModule(pl.LightningModule):
         self._val_losses: list[float] = []
         self._train_losses: list[float] = []
         self.last_val_metrics: dict[str, Any] = {}
+        #: the last validation's evaluator (its detections and COCOeval), for sample pictures and PR curves
+        self.last_val_evaluator: Any = None
 
     # ----------------------------------------------------------------------------------------- steps
     def forward(self, images: Tensor, mask: Tensor | None = None):
@@ -167,6 +169,7 @@ class DetectionModule(pl.LightningModule):
             metrics = {VAL_MAP: float(summary["mAP"]), VAL_MAP50: float(summary["mAP50"])}
             self.log(VAL_MAP, metrics[VAL_MAP], prog_bar=True, sync_dist=False, rank_zero_only=True)
             self.log(VAL_MAP50, metrics[VAL_MAP50], prog_bar=True, sync_dist=False, rank_zero_only=True)
+            self.last_val_evaluator = self._evaluator
         if self._val_losses:
             metrics[VAL_LOSS] = float(sum(self._val_losses) / len(self._val_losses))
         self.last_val_metrics = metrics

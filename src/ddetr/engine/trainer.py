@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from ddetr.engine.callbacks import METRICS_NAME, MetricsCallback, StatusCallback, TaoCheckpoint
 from ddetr.engine.checkpoint_io import EncryptedCheckpointIO
+from ddetr.engine.samples import ValidationPictures
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,11 @@ def build_trainer(
     """A Trainer writing checkpoints and TensorBoard logs under ``train_dir`` and progress to ``status``.
 
     Checkpoints are encrypted with ``spec.encryption_key`` when it is set (:class:`EncryptedCheckpointIO`).
+    Each validation also sends sample pictures and PR curves to TensorBoard (:mod:`ddetr.engine.samples`);
+    with ``wandb.enable`` (and not a dry run) W&B gets the same (:mod:`ddetr.engine.wandb_run`).
+
+    Raises:
+        UnavailableError: ``wandb.enable`` is true and the wandb package is missing.
     """
     train = spec.train
     if (
@@ -109,6 +115,14 @@ def build_trainer(
     if not train.is_dry_run:
         callbacks.append(MetricsCallback(train_dir / METRICS_NAME))
     callbacks.append(ProgressBar(leave=True))
+    callbacks.append(ValidationPictures(score_threshold=spec.inference.conf_threshold))
+    loggers: list[Any] = [TensorBoardLogger(str(train_dir), name="tensorboard", version="")]
+    if spec.wandb.enable and not train.is_dry_run:
+        from ddetr.engine.wandb_run import WandbRun, build_wandb_logger
+
+        wandb_logger = build_wandb_logger(spec, train_dir)
+        loggers.append(wandb_logger)
+        callbacks.append(WandbRun(wandb_logger, train_dir))
     if train.is_dry_run:
         limit = {"limit_train_batches": 1, "limit_val_batches": 1, "max_epochs": 1}
     else:
@@ -122,7 +136,7 @@ def build_trainer(
             strategy=plan.strategy,
             precision=plan.precision,
             default_root_dir=str(train_dir),
-            logger=TensorBoardLogger(str(train_dir), name="tensorboard", version=""),
+            logger=loggers,
             callbacks=callbacks,
             plugins=[EncryptedCheckpointIO(getattr(spec, "encryption_key", "") or None)],
             gradient_clip_val=train.clip_grad_norm if train.clip_grad_norm > 0 else None,

@@ -152,6 +152,7 @@ class CocoEvaluator:
         self.eval_class_ids = list(eval_class_ids) if eval_class_ids is not None else None
         self.coco_gt = _coco_from_dict(coco_gt, verbose)
         self.detections: list[dict[str, Any]] = []
+        self.cocoeval: COCOeval | None = None  # the last summarize()'s evaluation (None: no detections)
 
     def reset(self) -> None:
         """Forget collected predictions."""
@@ -203,6 +204,7 @@ class CocoEvaluator:
                 len(self.detections) - len(dets),
             )
         ev = _run_cocoeval(self.coco_gt, dets, self.eval_class_ids, self.verbose)
+        self.cocoeval = ev
         cat_ids = self.eval_class_ids if self.eval_class_ids is not None else self.coco_gt.getCatIds()
         with_gt = [c for c in cat_ids if self.coco_gt.getAnnIds(catIds=[c])]
         stats = [0.0] * 12 if ev is None else [float(s) for s in ev.stats]

@@ -259,20 +259,22 @@ class ModelSection(Section):
 
 
 class WandbSection(Section):
-    """``wandb``: Weights & Biases logging. Inert: accepted so that TAO files load."""
+    """``wandb``: Weights & Biases logging of training (metrics, the spec, sample pictures, the checkpoint).
 
-    enable: bool = spec_field(
-        False, inert=True, description="log to Weights & Biases (TAO's default is true)"
-    )
-    project: str = spec_field("TAO Toolkit", inert=True)
-    entity: str = spec_field("", inert=True)
-    tags: list[str] = spec_field(["training", "tao-toolkit"], inert=True)
-    reinit: bool = spec_field(False, inert=True)
-    sync_tensorboard: bool = spec_field(False, inert=True)
-    save_code: bool = spec_field(False, inert=True)
-    name: str = spec_field("TAO Toolkit training experiment", inert=True)
-    run_id: str = spec_field("", inert=True)
-    group: str = spec_field("", inert=True)
+    Needs the optional ``wandb`` package (``pip install 'ddetr[wandb]'``). Offline (``WANDB_MODE=offline``,
+    or no W&B API key) the run is written under ``<results_dir>/train/wandb/`` for a later ``wandb sync``.
+    """
+
+    enable: bool = spec_field(False, description="log training to Weights & Biases (TAO's default is true)")
+    project: str = spec_field("TAO Toolkit", description="W&B project")
+    entity: str = spec_field("", description="W&B team or user; empty: the account's default")
+    tags: list[str] = spec_field(["training", "tao-toolkit"])
+    reinit: bool = spec_field(False, description="finish a W&B run already open in this process first")
+    sync_tensorboard: bool = spec_field(False, description="W&B also copies the TensorBoard event files")
+    save_code: bool = spec_field(False, description="W&B saves the main script")
+    name: str = spec_field("TAO Toolkit training experiment", description="the run's display name")
+    run_id: str = spec_field("", description="resume (or create) the W&B run with this id; empty: a new id")
+    group: str = spec_field("", description="W&B run group")
 
 
 class DataSource(Section):
@@ -675,7 +677,7 @@ class Spec(Section):
     results_dir: str = spec_field(
         "", description="required; <results_dir>/<action>/ holds each action's outputs"
     )
-    wandb: WandbSection = spec_field(WandbSection(), description="inert")
+    wandb: WandbSection = spec_field(WandbSection(), description="Weights & Biases logging of training")
     model: ModelSection = spec_field(ModelSection())
     dataset: DatasetSection = spec_field(DatasetSection())
     train: TrainSection = spec_field(TrainSection())
