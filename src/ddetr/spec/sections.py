@@ -371,6 +371,9 @@ class TrainSection(Section):
     num_gpus: int = spec_field(1, ge=1, description="devices per node")
     gpu_ids: list[int] = spec_field([0])
     num_nodes: int = spec_field(1, ge=1)
+    num_processes: int = spec_field(
+        1, ge=1, description="(+) DDP processes per node on a machine without a GPU (gloo back end)"
+    )
     seed: int = spec_field(1234, description="< 0 disables seeding")
     cudnn: CudnnSection = spec_field(CudnnSection(), description="inert (TAO)")
     num_epochs: int = spec_field(10, ge=1)
@@ -393,6 +396,15 @@ class TrainSection(Section):
     checkpointer: CheckpointerSection = spec_field(CheckpointerSection(), description="inert (TAO)")
 
     _precision = field_validator("precision", "distributed_strategy", mode="before")(_lower)
+
+    def processes_per_node(self, cuda_available: bool) -> int:
+        """Training processes on each node: ``num_gpus`` with a GPU, ``num_processes`` on the CPU."""
+        return self.num_gpus if cuda_available else self.num_processes
+
+    def world_size(self, cuda_available: bool) -> int:
+        """Training processes in the whole job (processes per node * ``num_nodes``): one global batch is
+        ``dataset.batch_size * world_size`` images."""
+        return self.processes_per_node(cuda_available) * self.num_nodes
 
 
 class _RunModelSection(Section):

@@ -13,7 +13,7 @@ from ddetr.model.predict import Predictor
 from ddetr.spec.load import dump_spec, merge_model_from_checkpoint
 from ddetr.spec.sections import Spec, is_set
 from ddetr.status import StatusLogger
-from ddetr.tasks.lock import lock_results_dir
+from ddetr.tasks.lock import is_secondary_rank, lock_results_dir
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ def prepare_results_dir(spec: Spec, action: str) -> Path:
         ) from None
     if action not in SHARED_ACTIONS:
         lock_results_dir(folder, action, field)  # before anything is written: a second run changes nothing
+    if is_secondary_rank():
+        return folder  # a multi-process run: the first process writes the run's files
     # the record of the run leaves the encryption key out (it would sit in plain text beside encrypted files)
     recorded = spec.model_copy(update={"encryption_key": ""}) if spec.encryption_key else spec
     dump_spec(recorded, folder / "experiment.yaml")

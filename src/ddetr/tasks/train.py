@@ -160,12 +160,14 @@ def run(spec: Spec) -> TrainResult | AutomlResult:
     from ddetr.status import StatusLogger
     from ddetr.tasks.automl import maybe_route
     from ddetr.tasks.common import prepare_results_dir
+    from ddetr.tasks.lock import is_secondary_rank
 
     routed = maybe_route(spec)  # automl_policy=on (or automl.enabled=true): hyperparameter search instead
     if routed is not None:
         return routed
     train_dir = prepare_results_dir(spec, "train")
     status = StatusLogger(train_dir / "status.json")
+    primary = not is_secondary_rank()  # under DDP only the first process writes status.json
     try:
         if spec.train.seed >= 0:
             pl.seed_everything(spec.train.seed, workers=True, verbose=False)
@@ -229,5 +231,6 @@ def run(spec: Spec) -> TrainResult | AutomlResult:
     except Interrupted:
         raise  # status.json already has the FAILURE line (StatusCallback.on_exception)
     except Exception as exc:
-        status.write(status="FAILURE", message=f"{type(exc).__name__}: {exc}")
+        if primary:
+            status.write(status="FAILURE", message=f"{type(exc).__name__}: {exc}")
         raise
