@@ -23,6 +23,10 @@ class UnavailableError(DdetrError, RuntimeError):
     """A requested facility (GPU, TensorRT, a package) is not available on this machine."""
 
 
+class DeviceMemoryError(DdetrError, RuntimeError):
+    """The GPU ran out of memory; the message names the batch size and the field that sets it."""
+
+
 class Interrupted(Exception):
     """A run stopped from outside (SIGTERM or Ctrl-C) after saving what it could; not a user error.
 

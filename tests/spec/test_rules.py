@@ -128,9 +128,6 @@ INERT = [
     ("train.activation_checkpoint", "false"),
     ("dataset.augmentation.fixed_padding", "false"),
     ("inference.is_internal", "true"),
-    ("evaluate.gpu_ids", "[1]"),
-    ("inference.gpu_ids", "[1]"),
-    ("export.gpu_id", "1"),
     ("gen_trt_engine.gpu_id", "1"),
 ]
 

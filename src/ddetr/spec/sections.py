@@ -412,8 +412,8 @@ class _RunModelSection(Section):
 
     checkpoint: str = spec_field("", description="a .pth checkpoint (this or trt_engine)")
     trt_engine: str = spec_field("", description="a TensorRT engine or an .onnx file")
-    num_gpus: int = spec_field(1, ge=1)
-    gpu_ids: list[int] = spec_field([0], inert=True)
+    num_gpus: int = spec_field(1, ge=1, description="a GPU is used when there is one (the first of gpu_ids)")
+    gpu_ids: list[int] = spec_field([0])
     num_nodes: int = spec_field(1, ge=1, inert=True)
     batch_size: int = spec_field(-1, ge=-1, description="-1: dataset.batch_size")
     conf_threshold: float = spec_field(0.0, ge=0.0, le=1.0)
@@ -452,7 +452,7 @@ class ExportSection(Section):
     on_cpu: bool = spec_field(
         False, description="true: plain ONNX ops only; false: TensorRT attention plugin"
     )
-    gpu_id: int = spec_field(0, ge=0, inert=True)
+    gpu_id: int = spec_field(0, ge=0, description="the GPU the model is traced on (unless on_cpu)")
     verbose: bool = spec_field(False)
     format: Literal["onnx"] = spec_field("onnx")
     serialize_nvdsinfer: bool = spec_field(False, description="also write labels.txt and a DeepStream config")

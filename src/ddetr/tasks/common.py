@@ -112,14 +112,18 @@ def open_predictor(spec: Spec, action: str) -> Predictor:
     The artefact's card decides the architecture, the preprocessing and ``num_select``; fields the spec sets
     to other values win, each named in one warning line (:func:`ddetr.artefacts.card.card_for_spec`). A
     checkpoint's architecture always wins, with one warning line naming each field where the spec's model
-    section differs.
+    section differs. It runs on the first of the section's ``gpu_ids`` when CUDA exists and ``num_gpus`` >= 1
+    (:func:`ddetr.runtime.devices.run_device`), else on the CPU.
 
     Raises:
         SpecError: no model file given. CheckpointError / UnavailableError: the file cannot be run here.
     """
     from ddetr.runtime import load_predictor
+    from ddetr.runtime.devices import run_device
 
-    predictor = load_predictor(model_path(spec, action), encryption_key=spec.encryption_key)
+    section = getattr(spec, action)
+    device = run_device(section.num_gpus, section.gpu_ids)
+    predictor = load_predictor(model_path(spec, action), device=device, encryption_key=spec.encryption_key)
     if predictor.backend == "pytorch":
         merge_model_from_checkpoint(spec.model, predictor.card.model.model_dump())  # warns on differences
     predictor.card = card_for_spec(predictor.card, spec, action)

@@ -157,6 +157,7 @@ def run(spec: Spec) -> TrainResult | AutomlResult:
     from ddetr.engine.module import DetectionModule, estimated_steps
     from ddetr.engine.trainer import build_trainer, plan_devices
     from ddetr.model.detector import DeformableDETR
+    from ddetr.runtime.devices import explain_oom
     from ddetr.status import StatusLogger
     from ddetr.tasks.automl import maybe_route
     from ddetr.tasks.common import prepare_results_dir
@@ -206,7 +207,8 @@ def run(spec: Spec) -> TrainResult | AutomlResult:
                 "ignore", message=".*resuming from a checkpoint that ended before the epoch.*"
             )
             try:
-                trainer.fit(module, datamodule=data, ckpt_path=resume)
+                with explain_oom("dataset.batch_size", spec.dataset.batch_size):
+                    trainer.fit(module, datamodule=data, ckpt_path=resume)
             except SystemExit as exc:  # Lightning ends SIGTERM and Ctrl-C with SystemExit, after on_exception
                 raise _interrupted(exc, train_dir, trainer.global_step) from None
         if spec.train.is_dry_run:
