@@ -82,6 +82,7 @@ def test_fsdp_plans_on_gpus_and_is_one_line_on_cpus() -> None:
     gpu = plan_devices(_train("train.num_gpus=2", "train.distributed_strategy=fsdp"), cuda_available=True)
     strategy = build_strategy(gpu)
     assert type(strategy).__name__ == "FSDPStrategy" and strategy.process_group_backend == "nccl"
+    assert strategy._state_dict_type == "full"  # one consolidated .pth, read like any ddetr checkpoint
     with pytest.raises(SpecError, match=r"^train.distributed_strategy: fsdp needs GPUs"):
         plan_devices(_train("train.num_processes=2", "train.distributed_strategy=fsdp"), cuda_available=False)
     # one CPU process: the strategy field has nothing to distribute
@@ -198,3 +199,14 @@ def test_cluster_variables_reach_lightning(
     assert (env.main_address, env.main_port) == ("127.0.0.1", 29555)
     assert is_secondary_rank()
     assert torch.distributed.is_available()
+
+
+def test_lightning_refuses_fsdp_on_cpu_processes() -> None:
+    """Why fsdp is a SpecError on the CPU: Lightning's FSDP strategy needs a GPU accelerator."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    with pytest.raises(Exception, match="requires a GPU accelerator"):
+        pl.Trainer(
+            accelerator="cpu", devices=2, strategy=FSDPStrategy(process_group_backend="gloo"), logger=False
+        )

@@ -98,8 +98,8 @@ def plan_devices(train: Any, cuda_available: bool | None = None) -> DevicePlan:
             precision = "bf16-mixed"
         if strategy == "fsdp":
             raise SpecError(
-                "train.distributed_strategy: fsdp needs GPUs in this version (FSDP on CPU processes is not "
-                "supported); use distributed_strategy=ddp for train.num_processes > 1 on the CPU"
+                "train.distributed_strategy: fsdp needs GPUs (Lightning's FSDP strategy refuses CPU processes); "
+                "use train.distributed_strategy=ddp with train.num_processes on the CPU"
             )
         return DevicePlan(
             "cpu", per_node, train.num_nodes, strategy, precision, "gloo" if distributed else None
@@ -125,6 +125,7 @@ def build_strategy(plan: DevicePlan) -> Any:
     if plan.strategy == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
 
+        # "full": rank 0 writes one consolidated file, an ordinary ddetr checkpoint (not a sharded folder)
         return FSDPStrategy(process_group_backend=plan.backend, state_dict_type="full")
     from lightning.pytorch.strategies import DDPStrategy
 
