@@ -4,8 +4,8 @@ Lightning's launcher re-runs the command line in its child processes, so every r
 The tests are slow (several processes on a shared CPU) and run in ``make test-slow``; run them one at a time.
 
 Tolerances of the equivalence test (2 processes with batch b against 1 process with batch 2b, fp32, same
-seed and images): the loss of each step agrees within 1e-4 relative, every weight after each step within
-``WEIGHT_ATOL`` absolute; the two runs differ only in the order float sums are taken (DDP averages the two
+seed and images): the loss of each step agrees within ``LOSS_RTOL`` relative, every weight after each step
+within ``WEIGHT_ATOL`` absolute; the two runs differ only in the order float sums are taken (DDP averages the two
 ranks' gradients, one process sums all images at once).
 """
 
@@ -28,8 +28,8 @@ from ddetr.status import read_status
 
 pytestmark = pytest.mark.slow
 
-LOSS_RTOL = 1e-4
-WEIGHT_ATOL = 1e-4
+LOSS_RTOL = 1e-5  # measured: 7e-8
+WEIGHT_ATOL = 5e-5  # measured: 3e-6
 _LAUNCH_VARIABLES = (
     "RANK",
     "LOCAL_RANK",
@@ -104,6 +104,22 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path).state_dict
 
 
+def _start_checkpoint(overrides: list[str], path: Path) -> Path:
+    """A seeded initial model whose boxes start at half the image side (the default head starts at 12%), so
+    that the untrained model already finds some of the large synthetic shapes: a mAP above zero to compare."""
+    from ddetr.artefacts.card import ModelCard
+    from ddetr.artefacts.checkpoint import save_checkpoint
+    from ddetr.model.detector import DeformableDETR
+
+    spec = load_spec(None, overrides)
+    torch.manual_seed(7)
+    model = DeformableDETR.from_config(spec.model, spec.dataset.num_classes)
+    with torch.no_grad():
+        for head in model.bbox_embed:
+            head.layers[-1].bias[2:] = 0.0  # sigmoid(0) = 0.5
+    return save_checkpoint(path, card=ModelCard.from_spec(spec), state_dict=model.state_dict())
+
+
 def test_two_processes_equal_one_process_with_twice_the_batch(
     ddp_data: dict, tiny_overrides, tmp_path: Path
 ) -> None:
@@ -111,11 +127,13 @@ def test_two_processes_equal_one_process_with_twice_the_batch(
     run (gathered from both ranks) equals the 1-process ``evaluate`` of its checkpoint."""
     from ddetr.tasks import evaluate
 
+    start = _start_checkpoint(_deterministic(tiny_overrides(ddp_data, tmp_path)), tmp_path / "start.pth")
     runs = {}
     for processes, batch in ((2, 8), (1, 16)):  # 16 images: one optimizer step per epoch
         results = tmp_path / f"p{processes}"
         args = [
             *_deterministic(tiny_overrides(ddp_data, results)),
+            f"train.pretrained_model_path={start}",
             f"train.num_processes={processes}",
             f"dataset.batch_size={batch}",
             "train.num_epochs=4",
