@@ -210,3 +210,20 @@ def test_lightning_refuses_fsdp_on_cpu_processes() -> None:
         pl.Trainer(
             accelerator="cpu", devices=2, strategy=FSDPStrategy(process_group_backend="gloo"), logger=False
         )
+
+
+def test_a_secondary_rank_writes_nothing_into_the_results_folder(
+    clean_env: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """Lightning's launcher re-runs the command in each child with LOCAL_RANK set: the child neither locks
+    the folder nor writes experiment.yaml (the first process does both)."""
+    from ddetr.tasks.common import prepare_results_dir
+    from ddetr.tasks.lock import LOCK_NAME
+
+    spec = load_spec(None, [f"results_dir={tmp_path}"])
+    clean_env.setenv("LOCAL_RANK", "1")
+    folder = prepare_results_dir(spec, "train")
+    assert folder == tmp_path / "train" and list(folder.iterdir()) == []
+    clean_env.setenv("LOCAL_RANK", "0")
+    prepare_results_dir(spec, "train")
+    assert {p.name for p in folder.iterdir()} == {"experiment.yaml", LOCK_NAME}
