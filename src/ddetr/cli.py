@@ -258,8 +258,11 @@ def setup_logging(verbose: bool = False) -> None:
     from rich.console import Console
     from rich.logging import RichHandler
 
+    from ddetr.tasks.lock import is_secondary_rank
+
     root = logging.getLogger()
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # the other processes of a multi-process run repeat rank 0's log: only their warnings and errors show
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if is_secondary_rank() else logging.INFO)
     for noisy in _NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     for chatter in _CHATTER_LOGGERS:

@@ -27,6 +27,10 @@ class TrainingError(DdetrError, RuntimeError):
     """Training cannot go on as configured (e.g. the loss became NaN); the message names what to change."""
 
 
+class DeviceMemoryError(DdetrError, RuntimeError):
+    """The GPU ran out of memory; the message names the batch size and the field that sets it."""
+
+
 class Interrupted(Exception):
     """A run stopped from outside (SIGTERM or Ctrl-C) after saving what it could; not a user error.
 

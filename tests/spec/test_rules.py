@@ -125,9 +125,6 @@ def test_cli_train_with_a_broken_rule_creates_no_results_folder(tmp_path: Path, 
 INERT = [
     ("dataset.augmentation.fixed_padding", "false"),
     ("inference.is_internal", "true"),
-    ("evaluate.gpu_ids", "[1]"),
-    ("inference.gpu_ids", "[1]"),
-    ("export.gpu_id", "1"),
     ("gen_trt_engine.gpu_id", "1"),
 ]
 

@@ -73,7 +73,7 @@ KINDS: dict[str, tuple[Severity, str]] = {
     "bad_annotation": ("error", "annotations whose image_id, category_id or bbox is not a number"),
     "empty_split": ("error", "{field} has no usable image"),
     "too_few_images": ("error", "{field} has {images} usable images, fewer than one batch of {need} "
-                       "(dataset.batch_size * train.num_gpus * train.num_nodes)"),
+                       "(dataset.batch_size * processes per node * train.num_nodes)"),
     "no_boxes": ("error", "{field} has no box: nothing to learn from or score"),
     "degenerate_box": ("warning", "boxes of zero or negative width or height (dropped by the loader)"),
     "box_outside_image": ("warning", "boxes entirely outside their image (dropped by the loader)"),
@@ -141,7 +141,7 @@ class Split:
         sources: ``(image_dir, json_file)`` pairs; ``json_file`` empty for an image folder alone.
         needs_json: each source needs a json_file (training and evaluation data).
         needs_boxes: a split without any box is an error (training and evaluation data).
-        min_images: fewer usable images is an error (``dataset.batch_size * num_gpus * num_nodes`` for train).
+        min_images: fewer usable images is an error (``dataset.batch_size * world size`` for train).
     """
 
     name: str

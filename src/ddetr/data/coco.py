@@ -237,10 +237,14 @@ class CocoDetection(Dataset):
 
 
 def check_min_size(dataset: Any, batch_size: int, num_gpus: int = 1, num_nodes: int = 1) -> None:
-    """Raise DataError when ``len(dataset) < batch_size * num_gpus * num_nodes`` (one full global batch)."""
+    """Raise DataError when ``len(dataset) < batch_size * num_gpus * num_nodes`` (one full global batch).
+
+    ``num_gpus`` is the number of training processes per node (``train.num_processes`` on the CPU).
+    """
     need = int(batch_size) * int(num_gpus) * int(num_nodes)
     if len(dataset) < need:
         raise DataError(
-            f"The dataset has {len(dataset)} images, fewer than dataset.batch_size * num_gpus * num_nodes "
-            f"= {batch_size} * {num_gpus} * {num_nodes} = {need}; lower dataset.batch_size or add images."
+            f"The dataset has {len(dataset)} images, fewer than dataset.batch_size * processes per node "
+            f"(train.num_gpus, or train.num_processes on the CPU) * num_nodes = {batch_size} * {num_gpus} * "
+            f"{num_nodes} = {need}; lower dataset.batch_size or add images."
         )

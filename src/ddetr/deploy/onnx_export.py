@@ -81,6 +81,7 @@ def export_onnx(
     on_cpu: bool = True,
     verbose: bool = False,
     encryption_key: str | None = None,
+    device: str = "cpu",
 ) -> ExportResult:
     """Export a checkpoint to ONNX, check it, and move it into place atomically.
 
@@ -94,6 +95,8 @@ def export_onnx(
             ``MultiscaleDeformableAttnPlugin_TRT`` node (ONNX Runtime cannot run such a file).
         verbose: log the exporter's graph.
         encryption_key: reads an encrypted checkpoint, and when non-empty the ONNX file is written encrypted.
+        device: where the model is traced (``"cpu"`` or ``"cuda:N"``, see
+            :func:`ddetr.runtime.devices.export_device`); the file is the same either way.
 
     Returns:
         The written path and its model card.
@@ -119,11 +122,11 @@ def export_onnx(
         from ddetr.deploy.trt_plugin import with_plugin_attention
 
         model = with_plugin_attention(model)
-    wrapper = ExportWrapper(model).eval()
+    wrapper = ExportWrapper(model).eval().to(device)
     width, height = int(input_size[0]), int(input_size[1])
     # trace with batch 2 when dynamic, so that no size-1 broadcast gets baked into the graph
     trace_batch = 2 if batch_size == -1 else batch_size
-    dummy = torch.randn(trace_batch, 3, height, width)
+    dummy = torch.randn(trace_batch, 3, height, width, device=device)
     dynamic_axes = None
     if batch_size == -1:
         dynamic_axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}

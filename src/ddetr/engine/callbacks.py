@@ -6,6 +6,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,67 @@ class TaoCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
             atomic_symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), linkpath)
         trainer.strategy.barrier()
+
+
+class DistributedSigterm(Callback):
+    """SIGTERM to any rank of a multi-process run stops every rank at the same optimizer step.
+
+    Lightning's own SIGTERM handler only acts on rank 0's signal (and runs a collective inside the handler).
+    Under DDP this callback replaces it for the fit: the handler only notes the signal, and after each
+    training batch the ranks agree with one ``all_reduce(MAX)``; when any rank was signalled, every rank
+    marks the trainer as having received SIGTERM, so Lightning stops all of them after that step, the
+    interrupt checkpoint is saved once (by rank 0) and every process exits. One process: Lightning's handler
+    stays.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after Lightning registered its handlers (Trainer._run), before the first batch
+        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._note)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        import torch
+        import torch.distributed as dist
+
+        if trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+            return
+        flag = torch.tensor([1 if self.requested else 0], device=trainer.strategy.root_device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if int(flag.item()):
+            self.requested = True
+            if trainer.is_global_zero:
+                logger.info(
+                    "SIGTERM received by a rank: every rank stops after step %d.", trainer.global_step
+                )
+            connector = getattr(trainer, "_signal_connector", None)
+            if connector is not None and hasattr(connector, "received_sigterm"):
+                connector.received_sigterm = True  # Lightning raises SIGTERMException after this step
+            else:  # pragma: no cover - a Lightning without the connector
+                from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+                raise SIGTERMException()
 
 
 def is_interrupt(exception: BaseException) -> bool:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sized
 from typing import Any
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from ddetr.data.check import Split, check_splits, cross_split_problems, enforce
 from ddetr.data.coco import CocoDetection, check_min_size
@@ -37,9 +39,18 @@ def transform_kwargs(spec: Any) -> dict[str, Any]:
 class DetectionDataModule(pl.LightningDataModule):
     """Builds the datasets once (checks run before any training) and serves padded batches.
 
+    Every rank draws from one permutation of the training set per epoch (seeded by ``train.seed`` and the
+    epoch, the same on every rank and at every world size) and takes every ``world_size``-th image of it from
+    its rank on: a global batch of ``batch_size * world_size`` images is the same set of images as one
+    process with that batch size would take. Each image is seen at most once per epoch; when the number of
+    images is not a multiple of the world size, the last ``len % world_size`` images of that epoch's
+    permutation are left out (drop_last of the sampler; other images each epoch). Validation is split the
+    same way without shuffling, padded with repeats so that every rank runs the same number of batches (the
+    repeats are removed before COCO evaluation).
+
     Args:
         spec: the validated experiment spec.
-        world_size: devices * nodes, for the minimum dataset size check.
+        world_size: processes in the job (processes per node * nodes), for the minimum dataset size check.
     """
 
     def __init__(self, spec: Any, world_size: int = 1) -> None:
@@ -53,26 +64,45 @@ class DetectionDataModule(pl.LightningDataModule):
         self.train_set = CocoDetection(
             train_pairs, ds.num_classes, build_transforms(True, **kwargs), train=True
         )
-        check_min_size(self.train_set, ds.batch_size, spec.train.num_gpus, spec.train.num_nodes)
+        nodes = max(1, int(spec.train.num_nodes))
+        check_min_size(self.train_set, ds.batch_size, max(1, world_size // nodes), nodes)
         self.val_set = (
             CocoDetection(val_pairs, ds.num_classes, build_transforms(False, **kwargs), train=False)
             if val_pairs
             else None
         )
         self.world_size = world_size
+        self._seed: int | None = None
 
     @property
     def class_names(self) -> list[str]:
         """Names indexed by category id, from the training annotations."""
         return list(self.train_set.class_names)
 
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def _shuffle_seed(self) -> int:
+        # the permutation must be the same on every rank: an unseeded run takes rank 0's random draw
+        if self._seed is None:
+            seed = int(self.spec.train.seed)
+            if seed < 0:
+                seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+                if self.trainer is not None and self.trainer.world_size > 1:
+                    seed = int(self.trainer.strategy.broadcast(seed, src=0))
+            self._seed = seed
+        return self._seed
+
+    def _loader(self, dataset, sampler: Sampler) -> DataLoader:
         ds = self.spec.dataset
         workers = num_workers(ds.workers)
         return DataLoader(
             dataset,
             batch_size=ds.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             pin_memory=bool(ds.pin_memory) and _cuda(),
             collate_fn=collate_detection,
@@ -81,10 +111,51 @@ class DetectionDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        rank, world = self._ranks()
+        sampler = train_sampler(len(self.train_set), rank, world, self._shuffle_seed())
+        return self._loader(self.train_set, sampler)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+        if self.val_set is None:
+            return []
+        rank, world = self._ranks()
+        return self._loader(self.val_set, val_sampler(len(self.val_set), rank, world))
+
+
+class _Indices(Sized):
+    # DistributedSampler only needs len(dataset)
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def train_sampler(num_images: int, rank: int, world_size: int, seed: int) -> DistributedSampler:
+    """The training sampler of one rank: the epoch's seeded permutation, every ``world_size``-th image.
+
+    Lightning calls ``set_epoch`` before each epoch, so each epoch draws a new permutation (seed + epoch).
+    """
+    return DistributedSampler(
+        _Indices(num_images),  # type: ignore[arg-type]
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=True,
+        seed=seed,
+        drop_last=True,
+    )
+
+
+def val_sampler(num_images: int, rank: int, world_size: int) -> DistributedSampler:
+    """The validation sampler of one rank: images ``rank, rank + world_size, ...`` in order, padded with
+    repeats from the start so that every rank has ``ceil(num_images / world_size)`` images."""
+    return DistributedSampler(
+        _Indices(num_images),  # type: ignore[arg-type]
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=False,
+        drop_last=False,
+    )
 
 
 def validate(train_pairs: list[tuple[str, str]], val_pairs: list[tuple[str, str]], num_classes: int) -> None:
@@ -104,6 +175,4 @@ def validate(train_pairs: list[tuple[str, str]], val_pairs: list[tuple[str, str]
 
 
 def _cuda() -> bool:
-    import torch
-
     return torch.cuda.is_available()

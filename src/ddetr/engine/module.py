@@ -113,7 +113,9 @@ class DetectionModule(pl.LightningModule):
         if not torch.isfinite(total):
             raise TrainingError(self._divergence_message(total, losses))
         batch_size = batch[0].shape[0]
-        self.log("loss", total, prog_bar=True, batch_size=batch_size)
+        # under DDP each rank's loss is normalised by the mean number of boxes per rank: the mean over ranks
+        # is the loss of the whole global batch (what one process with that batch size reports)
+        self.log("loss", total, prog_bar=True, batch_size=batch_size, sync_dist=True)
         self.log(TRAIN_LOSS, total, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else 0.0
         self.log("lr", lr, prog_bar=True, batch_size=batch_size)
@@ -164,23 +166,46 @@ class DetectionModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         metrics: dict[str, float] = {}
         if self._evaluator is not None:
-            self._gather_predictions()
-            summary = self._evaluator.summarize()
-            metrics = {VAL_MAP: float(summary["mAP"]), VAL_MAP50: float(summary["mAP50"])}
-            self.log(VAL_MAP, metrics[VAL_MAP], prog_bar=True, sync_dist=False, rank_zero_only=True)
-            self.log(VAL_MAP50, metrics[VAL_MAP50], prog_bar=True, sync_dist=False, rank_zero_only=True)
+            metrics = self._distributed_map()
+            self.log(VAL_MAP, metrics[VAL_MAP], prog_bar=True, sync_dist=True)  # equal on every rank
+            self.log(VAL_MAP50, metrics[VAL_MAP50], prog_bar=True, sync_dist=True)
             self.last_val_evaluator = self._evaluator
-        if self._val_losses:
-            metrics[VAL_LOSS] = float(sum(self._val_losses) / len(self._val_losses))
+        loss_sum, count = self._reduce_sum([sum(self._val_losses), len(self._val_losses)])
+        if count:
+            metrics[VAL_LOSS] = float(loss_sum / count)
         self.last_val_metrics = metrics
 
-    def _gather_predictions(self) -> None:
-        # under DDP each rank saw a shard of the validation set: rank 0 scores all of them
-        if self.trainer is None or self.trainer.world_size <= 1 or not torch.distributed.is_initialized():
-            return
-        gathered: list[Any] = [None] * self.trainer.world_size
-        torch.distributed.all_gather_object(gathered, self._evaluator.detections)
-        self._evaluator.detections = [d for part in gathered for d in part]
+    def _distributed(self) -> bool:
+        return (
+            self._trainer is not None
+            and self.trainer.world_size > 1
+            and torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+        )
+
+    def _reduce_sum(self, values: list[float]) -> list[float]:
+        # every rank reaches validation epoch end: the sums over ranks (float64 on the rank's device)
+        if not self._distributed():
+            return [float(v) for v in values]
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(tensor)
+        return [float(v) for v in tensor.tolist()]
+
+    def _distributed_map(self) -> dict[str, float]:
+        """COCO mAP of the whole validation set: under DDP the ranks' detections are gathered, the repeats
+        that padded the shards removed, rank 0 scores them and every rank receives the same numbers."""
+        assert self._evaluator is not None
+        if self._distributed():
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, self._evaluator.detections)
+            self._evaluator.detections = merge_rank_detections(gathered)
+        numbers: list[Any] = [None]
+        if not self._distributed() or self.trainer.is_global_zero:
+            summary = self._evaluator.summarize()
+            numbers = [{VAL_MAP: float(summary["mAP"]), VAL_MAP50: float(summary["mAP50"])}]
+        if self._distributed():
+            torch.distributed.broadcast_object_list(numbers, src=0)
+        return dict(numbers[0])
 
     # ------------------------------------------------------------------------------------ optimizers
     def configure_optimizers(self):
@@ -273,6 +298,24 @@ class DetectionModule(pl.LightningModule):
                 raise CheckpointError(f"{where}: weights do not fit the spec's model: {problems}")
 
 
+def merge_rank_detections(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The detections of every rank as one list, each image's detections once.
+
+    The validation sampler pads the ranks' shards with repeats of the first images; a repeated image's
+    detections come from the rank that saw it first (rank order), so each image is scored once.
+
+    Args:
+        parts: per rank, its COCO result dicts (``image_id``, ``category_id``, ``bbox``, ``score``).
+    """
+    owner: dict[int, int] = {}
+    for rank, part in enumerate(parts):
+        for det in part:
+            owner.setdefault(int(det["image_id"]), rank)
+    return [det for rank, part in enumerate(parts) for det in part if owner[int(det["image_id"])] == rank]
+
+
 def estimated_steps(num_samples: int, batch_size: int, world_size: int) -> int:
-    """Optimizer steps per epoch with drop_last=False."""
-    return max(1, math.ceil(num_samples / max(1, batch_size * world_size)))
+    """Optimizer steps per epoch: each rank takes ``num_samples // world_size`` images (the sampler leaves
+    out the remainder of a division by the world size) in batches of ``batch_size``, the last one partial."""
+    per_rank = num_samples // max(1, world_size) if world_size > 1 else num_samples
+    return max(1, math.ceil(per_rank / max(1, batch_size)))

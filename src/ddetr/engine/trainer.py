@@ -13,7 +13,13 @@ import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ddetr.engine.callbacks import METRICS_NAME, MetricsCallback, StatusCallback, TaoCheckpoint
+from ddetr.engine.callbacks import (
+    METRICS_NAME,
+    DistributedSigterm,
+    MetricsCallback,
+    StatusCallback,
+    TaoCheckpoint,
+)
 from ddetr.engine.checkpoint_io import EncryptedCheckpointIO
 from ddetr.engine.samples import ValidationPictures
 
@@ -41,13 +47,18 @@ class _DropTips(logging.Filter):
 
 @dataclass(frozen=True)
 class DevicePlan:
-    """Where training runs: accelerator, device list, nodes, strategy and Lightning precision."""
+    """Where training runs: accelerator, device list, nodes, strategy, process-group back end and precision.
+
+    ``strategy`` is ``"auto"`` for one process, else ``"ddp"`` or ``"fsdp"``; ``backend`` is the
+    ``torch.distributed`` back end of a multi-process run (``gloo`` on CPUs, ``nccl`` on GPUs), else None.
+    """
 
     accelerator: str
     devices: list[int] | int
     num_nodes: int
     strategy: str
     precision: str
+    backend: str | None = None
 
     @property
     def world_size(self) -> int:
@@ -55,33 +66,77 @@ class DevicePlan:
         per_node = len(self.devices) if isinstance(self.devices, list) else int(self.devices)
         return per_node * self.num_nodes
 
+    @property
+    def distributed(self) -> bool:
+        """More than one process (on this node or across nodes)."""
+        return self.world_size > 1
+
 
 def plan_devices(train: Any, cuda_available: bool | None = None) -> DevicePlan:
-    """Choose devices from ``train.num_gpus``/``gpu_ids``/``num_nodes``/``precision``/``distributed_strategy``.
+    """Choose devices from ``train.num_gpus``/``gpu_ids``/``num_processes``/``num_nodes``/``precision``/
+    ``distributed_strategy``.
 
-    On a machine without a GPU the job runs on one CPU process, with a notice (never an obscure CUDA error).
+    Without a GPU, ``train.num_processes`` processes per node train with DDP over ``gloo`` (one process by
+    default); ``num_gpus`` > 1 is then ignored with a warning naming ``num_processes``. With GPUs,
+    ``num_gpus`` processes per node (on ``gpu_ids`` when it lists enough ids) train over ``nccl``.
+
+    Raises:
+        SpecError: ``distributed_strategy: fsdp`` with more than one CPU process (FSDP needs GPUs here).
     """
+    from ddetr.errors import SpecError
+
     cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
     precision = PRECISIONS[train.precision]
+    per_node = train.processes_per_node(cuda)
+    distributed = per_node * train.num_nodes > 1
+    strategy = train.distributed_strategy if distributed else "auto"
     if not cuda:
-        if train.num_gpus > 1 or train.num_nodes > 1:
+        if train.num_gpus > 1:
             logger.warning(
-                "No GPU found: training on the CPU in one process (train.num_gpus=%d, train.num_nodes=%d ignored).",
+                "No GPU found: train.num_gpus=%d ignored; training on the CPU in %d process(es) per node "
+                "(set train.num_processes for more).",
                 train.num_gpus,
-                train.num_nodes,
+                per_node,
             )
-        else:
+        elif not distributed:
             logger.info("No GPU found: training on the CPU.")
         if precision == "16-mixed":
             logger.warning("train.precision=fp16 needs a GPU; using bf16 autocast on the CPU instead.")
             precision = "bf16-mixed"
-        return DevicePlan("cpu", 1, 1, "auto", precision)
+        if strategy == "fsdp":
+            raise SpecError(
+                "train.distributed_strategy: fsdp needs GPUs (Lightning's FSDP strategy refuses CPU processes); "
+                "use train.distributed_strategy=ddp with train.num_processes on the CPU"
+            )
+        return DevicePlan(
+            "cpu", per_node, train.num_nodes, strategy, precision, "gloo" if distributed else None
+        )
+    if train.num_processes > 1:
+        logger.warning(
+            "train.num_processes=%d ignored: a GPU is present, train.num_gpus=%d decides the processes per node.",
+            train.num_processes,
+            train.num_gpus,
+        )
     ids = list(train.gpu_ids)[: train.num_gpus] if train.gpu_ids else list(range(train.num_gpus))
     if len(ids) < train.num_gpus:
         ids = list(range(train.num_gpus))
-    distributed = len(ids) > 1 or train.num_nodes > 1
-    strategy = train.distributed_strategy if distributed else "auto"
-    return DevicePlan("gpu", ids, train.num_nodes, strategy, precision)
+    return DevicePlan("gpu", ids, train.num_nodes, strategy, precision, "nccl" if distributed else None)
+
+
+def build_strategy(plan: DevicePlan) -> Any:
+    """Lightning's strategy for the plan: ``"auto"`` for one process, else a DDP or FSDP strategy on the
+    plan's back end (Lightning's launcher starts the local processes and its cluster environments read
+    torchrun's, SLURM's or ``MASTER_ADDR``/``NODE_RANK`` variables)."""
+    if not plan.distributed or plan.strategy == "auto":
+        return "auto"
+    if plan.strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        # "full": rank 0 writes one consolidated file, an ordinary ddetr checkpoint (not a sharded folder)
+        return FSDPStrategy(process_group_backend=plan.backend, state_dict_type="full")
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(process_group_backend=plan.backend)
 
 
 def build_trainer(
@@ -123,6 +178,7 @@ def build_trainer(
         wandb_logger = build_wandb_logger(spec, train_dir)
         loggers.append(wandb_logger)
         callbacks.append(WandbRun(wandb_logger, train_dir))
+    callbacks.append(DistributedSigterm())  # last: a step's own checkpoint is saved before a stop
     if train.is_dry_run:
         limit = {"limit_train_batches": 1, "limit_val_batches": 1, "max_epochs": 1}
     else:
@@ -133,7 +189,8 @@ def build_trainer(
             accelerator=plan.accelerator,
             devices=plan.devices,
             num_nodes=plan.num_nodes,
-            strategy=plan.strategy,
+            strategy=build_strategy(plan),
+            use_distributed_sampler=False,  # DetectionDataModule shards by rank itself (same order at any size)
             precision=plan.precision,
             default_root_dir=str(train_dir),
             logger=loggers,

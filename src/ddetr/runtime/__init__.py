@@ -22,7 +22,9 @@ def load_predictor(path: str | Path, *, device: str = "cpu", encryption_key: str
 
     Args:
         path: the artefact.
-        device: torch device for a checkpoint ("cuda" falls back to the CPU with a notice when no GPU exists).
+        device: ``"cpu"`` or ``"cuda[:N]"`` (see :func:`ddetr.runtime.devices.run_device`): the torch device of
+            a checkpoint ("cuda" falls back to the CPU with a notice when no GPU exists), the GPU of an ONNX
+            file's CUDA/TensorRT execution providers and of an engine.
         encryption_key: decrypts a file written with one (plain files ignore it).
 
     Raises:
@@ -33,13 +35,15 @@ def load_predictor(path: str | Path, *, device: str = "cpu", encryption_key: str
         raise CheckpointError(f"model file {path} does not exist (or is not a file).")
     suffix = p.suffix.lower()
     if suffix == ".onnx":
+        from ddetr.runtime.devices import onnx_providers
         from ddetr.runtime.onnx_backend import OnnxPredictor
 
-        return OnnxPredictor(p, encryption_key=encryption_key)
+        return OnnxPredictor(p, providers=onnx_providers(device), encryption_key=encryption_key)
     if suffix in ENGINE_SUFFIXES:
         from ddetr.runtime.tensorrt_backend import TensorRTPredictor
 
-        return TensorRTPredictor(p, encryption_key=encryption_key)
+        index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+        return TensorRTPredictor(p, device=index, encryption_key=encryption_key)
     from ddetr.runtime.torch_backend import TorchPredictor
 
     return TorchPredictor(p, device=device, encryption_key=encryption_key)

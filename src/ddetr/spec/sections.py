@@ -489,6 +489,9 @@ class TrainSection(Section):
     num_gpus: int = spec_field(1, ge=1, description="devices per node")
     gpu_ids: list[int] = spec_field([0])
     num_nodes: int = spec_field(1, ge=1)
+    num_processes: int = spec_field(
+        1, ge=1, description="(+) DDP processes per node on a machine without a GPU (gloo back end)"
+    )
     seed: int = spec_field(1234, description="< 0 disables seeding")
     cudnn: CudnnSection = spec_field(CudnnSection())
     num_epochs: int = spec_field(10, ge=1)
@@ -516,14 +519,23 @@ class TrainSection(Section):
 
     _precision = field_validator("precision", "distributed_strategy", mode="before")(_lower)
 
+    def processes_per_node(self, cuda_available: bool) -> int:
+        """Training processes on each node: ``num_gpus`` with a GPU, ``num_processes`` on the CPU."""
+        return self.num_gpus if cuda_available else self.num_processes
+
+    def world_size(self, cuda_available: bool) -> int:
+        """Training processes in the whole job (processes per node * ``num_nodes``): one global batch is
+        ``dataset.batch_size * world_size`` images."""
+        return self.processes_per_node(cuda_available) * self.num_nodes
+
 
 class _RunModelSection(Section):
     """Fields shared by ``evaluate`` and ``inference``: which model to run, where, and at what size."""
 
     checkpoint: str = spec_field("", description="a .pth checkpoint (this or trt_engine)")
     trt_engine: str = spec_field("", description="a TensorRT engine or an .onnx file")
-    num_gpus: int = spec_field(1, ge=1)
-    gpu_ids: list[int] = spec_field([0], inert=True)
+    num_gpus: int = spec_field(1, ge=1, description="a GPU is used when there is one (the first of gpu_ids)")
+    gpu_ids: list[int] = spec_field([0])
     num_nodes: int = spec_field(1, ge=1, inert=True)
     batch_size: int = spec_field(-1, ge=-1, description="-1: dataset.batch_size")
     conf_threshold: float = spec_field(0.0, ge=0.0, le=1.0)
@@ -562,7 +574,7 @@ class ExportSection(Section):
     on_cpu: bool = spec_field(
         False, description="true: plain ONNX ops only; false: TensorRT attention plugin"
     )
-    gpu_id: int = spec_field(0, ge=0, inert=True)
+    gpu_id: int = spec_field(0, ge=0, description="the GPU the model is traced on (unless on_cpu)")
     verbose: bool = spec_field(False)
     format: Literal["onnx"] = spec_field("onnx")
     serialize_nvdsinfer: bool = spec_field(False, description="also write labels.txt and a DeepStream config")

@@ -13,7 +13,7 @@ from ddetr.model.predict import Predictor
 from ddetr.spec.load import dump_spec, merge_model_from_checkpoint
 from ddetr.spec.sections import Spec, is_set
 from ddetr.status import StatusLogger
-from ddetr.tasks.lock import lock_results_dir
+from ddetr.tasks.lock import is_secondary_rank, lock_results_dir
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ def prepare_results_dir(spec: Spec, action: str) -> Path:
         ) from None
     if action not in SHARED_ACTIONS:
         lock_results_dir(folder, action, field)  # before anything is written: a second run changes nothing
+    if is_secondary_rank():
+        return folder  # a multi-process run: the first process writes the run's files
     # the record of the run leaves the encryption key out (it would sit in plain text beside encrypted files)
     recorded = spec.model_copy(update={"encryption_key": ""}) if spec.encryption_key else spec
     dump_spec(recorded, folder / "experiment.yaml")
@@ -113,14 +115,18 @@ def open_predictor(spec: Spec, action: str) -> Predictor:
     The artefact's card decides the architecture, the preprocessing and ``num_select``; fields the spec sets
     to other values win, each named in one warning line (:func:`ddetr.artefacts.card.card_for_spec`). A
     checkpoint's architecture always wins, with one warning line naming each field where the spec's model
-    section differs.
+    section differs. It runs on the first of the section's ``gpu_ids`` when CUDA exists and ``num_gpus`` >= 1
+    (:func:`ddetr.runtime.devices.run_device`), else on the CPU.
 
     Raises:
         SpecError: no model file given. CheckpointError / UnavailableError: the file cannot be run here.
     """
     from ddetr.runtime import load_predictor
+    from ddetr.runtime.devices import run_device
 
-    predictor = load_predictor(model_path(spec, action), encryption_key=spec.encryption_key)
+    section = getattr(spec, action)
+    device = run_device(section.num_gpus, section.gpu_ids)
+    predictor = load_predictor(model_path(spec, action), device=device, encryption_key=spec.encryption_key)
     if predictor.backend == "pytorch":
         merge_model_from_checkpoint(spec.model, predictor.card.model.model_dump())  # warns on differences
     predictor.card = card_for_spec(predictor.card, spec, action)

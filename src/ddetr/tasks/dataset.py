@@ -56,7 +56,9 @@ def splits_from_spec(spec: Any) -> list[Any]:
     infer_dirs = d.infer_data_sources.image_dir
     infer_dirs = [infer_dirs] if isinstance(infer_dirs, str) else list(infer_dirs)
     trt_dirs = spec.gen_trt_engine.tensorrt.calibration.cal_image_dir
-    batch = d.batch_size * spec.train.num_gpus * spec.train.num_nodes
+    import torch
+
+    batch = d.batch_size * spec.train.world_size(torch.cuda.is_available())
     candidates = [
         Split("train", "dataset.train_data_sources", pairs(d.train_data_sources), min_images=batch),
         Split("val", "dataset.val_data_sources", pairs(d.val_data_sources)),

@@ -44,6 +44,7 @@ def run(spec: Spec) -> EvaluateResult:
         SpecError: no model file or no test data given. CheckpointError / DataError: unusable files.
     """
     from ddetr.data.sources import resolve_sources
+    from ddetr.runtime.devices import explain_oom
     from ddetr.runtime.evaluation import coco_dataset, evaluate_predictor
     from ddetr.tasks.common import model_path, open_predictor, prepare_results_dir, status_logger
     from ddetr.tasks.report import write_report_quietly
@@ -60,15 +61,18 @@ def run(spec: Spec) -> EvaluateResult:
                 "dataset.test_data_sources: required for evaluate, not given (image_dir and json_file)."
             )
         dataset = coco_dataset(predictor, pairs)
-        evaluation = evaluate_predictor(
-            predictor,
-            dataset,
-            batch_size=section.batch_size if section.batch_size > 0 else spec.dataset.batch_size,
-            workers=spec.dataset.workers,
-            conf_threshold=section.conf_threshold,
-            eval_class_ids=spec.dataset.eval_class_ids,
-            progress=True,
-        )
+        batch_size = section.batch_size if section.batch_size > 0 else spec.dataset.batch_size
+        field = "evaluate.batch_size" if section.batch_size > 0 else "dataset.batch_size"
+        with explain_oom(field, batch_size):
+            evaluation = evaluate_predictor(
+                predictor,
+                dataset,
+                batch_size=batch_size,
+                workers=spec.dataset.workers,
+                conf_threshold=section.conf_threshold,
+                eval_class_ids=spec.dataset.eval_class_ids,
+                progress=True,
+            )
         summary, names = evaluation.summary, evaluation.class_names
         stats = {name: float(v) for name, v in summary["stats"].items()}
         per_class = {class_name(names, int(cid)): float(ap) for cid, ap in summary["per_class_AP"].items()}

@@ -33,6 +33,7 @@ def run(spec: Spec) -> ExportResult:
     """
     from ddetr.deploy.nvdsinfer import write_nvdsinfer
     from ddetr.deploy.onnx_export import check_export_args, export_onnx
+    from ddetr.runtime.devices import export_device
     from ddetr.spec.sections import require
     from ddetr.status import StatusLogger
     from ddetr.tasks.common import prepare_results_dir
@@ -62,6 +63,7 @@ def run(spec: Spec) -> ExportResult:
             on_cpu=section.on_cpu,
             verbose=section.verbose,
             encryption_key=spec.encryption_key,
+            device=export_device(section.on_cpu, section.gpu_id),
         )
         card = result.card
         labels = config = None

@@ -79,6 +79,7 @@ def run(spec: Spec) -> InferenceResult:
     from ddetr.fileio import atomic_path, atomic_write_text
     from ddetr.model.predict import detect
     from ddetr.model.preprocess import preprocess_images
+    from ddetr.runtime.devices import explain_oom
     from ddetr.tasks.common import model_path, open_predictor, prepare_results_dir, status_logger
     from ddetr.viz.draw import class_color, draw_detections, parse_color
 
@@ -97,6 +98,7 @@ def run(spec: Spec) -> InferenceResult:
         names = resolve_class_names(source.classmap, list(card.class_names), card.num_classes)
         colors = {str(k): parse_color(v) for k, v in (section.color_map or {}).items()}
         batch_size = section.batch_size if section.batch_size > 0 else spec.dataset.batch_size
+        field = "inference.batch_size" if section.batch_size > 0 else "dataset.batch_size"
         annotated_dir, labels_dir = out_dir / "images_annotated", out_dir / "labels"
         annotated_dir.mkdir(exist_ok=True)
         labels_dir.mkdir(exist_ok=True)
@@ -123,9 +125,10 @@ def run(spec: Spec) -> InferenceResult:
                     card.max_size,
                     input_size=card.input_size,
                 )
-                found = detect(
-                    predictor, batch, mask, orig, conf_threshold=section.conf_threshold, class_names=names
-                )
+                with explain_oom(field, batch_size):
+                    found = detect(
+                        predictor, batch, mask, orig, conf_threshold=section.conf_threshold, class_names=names
+                    )
                 for (image_id, p, im), det in zip(pil, found):
                     boxes, scores = det.boxes.tolist(), det.scores.tolist()
                     labels = list(det.class_names)

@@ -25,19 +25,37 @@ from ddetr.errors import SpecError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LOCK_NAME", "lock_results_dir", "release_all"]
+__all__ = ["LOCK_NAME", "is_secondary_rank", "lock_results_dir", "release_all"]
 
 LOCK_NAME = "ddetr.lock"
+# set by Lightning's launcher (LOCAL_RANK, NODE_RANK), torchrun (RANK, LOCAL_RANK, GROUP_RANK) and srun
+# (SLURM_PROCID, SLURM_LOCALID, SLURM_NODEID); SLURM's are read only inside a job step of several tasks
 _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+_SLURM_RANK_VARIABLES = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID")
 _held: dict[Path, tuple[int, int]] = {}  # lock file -> (fd, pid of the process that took it)
 
 
-def _secondary_rank() -> bool:
-    for name in _RANK_VARIABLES:
-        value = os.environ.get(name, "")
-        if value.strip().isdigit() and int(value) != 0:
-            return True
+def _nonzero(name: str) -> bool:
+    value = os.environ.get(name, "").strip()
+    return value.isdigit() and int(value) != 0
+
+
+def is_secondary_rank() -> bool:
+    """True in every process of a multi-process run except the first (global rank 0 on node 0).
+
+    The one test of "may this process write the run's shared files" (the results-folder lock, experiment.yaml,
+    status.json, job records): it reads the environment the launchers set, so it holds from the first line of
+    a child process, before any process group exists.
+    """
+    if any(_nonzero(name) for name in _RANK_VARIABLES):
+        return True
+    tasks = os.environ.get("SLURM_NTASKS", "").strip()
+    if tasks.isdigit() and int(tasks) > 1:
+        return any(_nonzero(name) for name in _SLURM_RANK_VARIABLES)
     return False
+
+
+_secondary_rank = is_secondary_rank  # the name the lock used first
 
 
 def _holder(fd: int) -> dict[str, Any]:
@@ -87,7 +105,7 @@ def lock_results_dir(folder: Path, action: str, field: str = "results_dir") -> P
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         return None
-    if _secondary_rank():
+    if is_secondary_rank():
         return None
     path = (folder / LOCK_NAME).resolve()
     if path in _held and _held[path][1] == os.getpid():

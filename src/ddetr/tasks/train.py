@@ -168,15 +168,18 @@ def run(spec: Spec) -> TrainResult | AutomlResult:
     from ddetr.engine.module import DetectionModule, estimated_steps
     from ddetr.engine.trainer import build_trainer, plan_devices
     from ddetr.model.detector import DeformableDETR
+    from ddetr.runtime.devices import explain_oom
     from ddetr.status import StatusLogger
     from ddetr.tasks.automl import maybe_route
     from ddetr.tasks.common import prepare_results_dir
+    from ddetr.tasks.lock import is_secondary_rank
 
     routed = maybe_route(spec)  # automl_policy=on (or automl.enabled=true): hyperparameter search instead
     if routed is not None:
         return routed
     train_dir = prepare_results_dir(spec, "train")
     status = StatusLogger(train_dir / "status.json")
+    primary = not is_secondary_rank()  # under DDP only the first process writes status.json
     try:
         if spec.train.seed >= 0:
             pl.seed_everything(spec.train.seed, workers=True, verbose=False)
@@ -215,7 +218,8 @@ def run(spec: Spec) -> TrainResult | AutomlResult:
                 "ignore", message=".*resuming from a checkpoint that ended before the epoch.*"
             )
             try:
-                trainer.fit(module, datamodule=data, ckpt_path=resume)
+                with explain_oom("dataset.batch_size", spec.dataset.batch_size):
+                    trainer.fit(module, datamodule=data, ckpt_path=resume)
             except SystemExit as exc:  # Lightning ends SIGTERM and Ctrl-C with SystemExit, after on_exception
                 raise _interrupted(exc, train_dir, trainer.global_step) from None
         if spec.train.is_dry_run:
@@ -244,5 +248,6 @@ def run(spec: Spec) -> TrainResult | AutomlResult:
     except Interrupted:
         raise  # status.json already has the FAILURE line (StatusCallback.on_exception)
     except Exception as exc:
-        status.write(status="FAILURE", message=f"{type(exc).__name__}: {exc}")
+        if primary:
+            status.write(status="FAILURE", message=f"{type(exc).__name__}: {exc}")
         raise
