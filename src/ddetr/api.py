@@ -180,7 +180,10 @@ def run_action(
     """
     if action not in SPEC_ACTIONS:
         raise SpecError(f"unknown action {action!r}; the actions are {', '.join(SPEC_ACTIONS)}")
+    from ddetr.spec.rules import check_required
+
     loaded = load_spec(spec, action=action, overrides=overrides, **values)
+    check_required(loaded, action)  # TAO's ??? left in a field the action needs: one line naming it
     return _task(action).run(loaded)
 
 

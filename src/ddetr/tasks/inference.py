@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from ddetr.errors import DataError, SpecError
-from ddetr.spec.sections import Spec
+from ddetr.spec.sections import Spec, is_set
 from ddetr.tasks.results import InferenceResult
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def read_classmap(path: str) -> list[str]:
 
 def resolve_class_names(classmap: str, model_names: list[str], num_classes: int) -> list[str]:
     """The classmap's names if given (must cover the model's classes), else the model's own names."""
-    if classmap:
+    if is_set(classmap):  # empty or TAO's ???: the model's own names
         names = read_classmap(classmap)
         if len(names) < num_classes:
             raise DataError(
