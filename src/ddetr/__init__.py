@@ -25,6 +25,7 @@ _API = (
     "inference",
     "load_spec",
     "quantize",
+    "skill",
     "train",
 )
 

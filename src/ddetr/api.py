@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         ImportWeightsResult,
         InferenceResult,
         QuantizeResult,
+        SkillResult,
         TrainResult,
     )
 
@@ -55,6 +56,7 @@ __all__ = [
     "load_spec",
     "quantize",
     "run_action",
+    "skill",
     "train",
 ]
 
@@ -69,6 +71,7 @@ SPEC_ACTIONS: tuple[str, ...] = (
     "default_specs",
     "automl",
     "dataset",
+    "skill",
 )
 
 
@@ -256,6 +259,11 @@ def default_specs(
 ) -> DefaultSpecsResult:
     """Write a commented spec template for every action into ``results_dir``."""
     return run_action("default_specs", spec, **overrides)
+
+
+def skill(spec: str | os.PathLike[str] | Spec | None = None, /, **overrides: Any) -> SkillResult:
+    """Write the agent skill bundle (SKILL.md, schemas/, references/; TAO skill-bank layout) into ``results_dir``."""
+    return run_action("skill", spec, **overrides)
 
 
 def import_weights(

@@ -36,6 +36,7 @@ _HELP = {
     "default_specs": "write commented spec templates into results_dir",
     "automl": "hyperparameter search",
     "dataset": "check the data sources of the spec (report, plot)",
+    "skill": "write the agent skill bundle (SKILL.md, schemas, spec templates) into results_dir",
 }
 
 

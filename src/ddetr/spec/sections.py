@@ -564,7 +564,9 @@ class Spec(Section):
     quantize: QuantizeSection = spec_field(QuantizeSection())
     gen_trt_engine: GenTrtEngineSection = spec_field(GenTrtEngineSection())
     automl: AutomlSection = spec_field(AutomlSection())
-    automl_policy: Literal["on", "off"] = spec_field("off")
+    automl_policy: Literal["on", "off"] = spec_field(
+        "off", description="(+) on: `ddetr train` runs the AutoML search instead of one training"
+    )
 
     @field_validator("automl_policy", mode="before")
     @classmethod

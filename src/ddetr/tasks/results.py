@@ -23,6 +23,7 @@ __all__ = [
     "ImportWeightsResult",
     "InferenceResult",
     "QuantizeResult",
+    "SkillResult",
     "Summary",
     "TrainResult",
 ]
@@ -367,6 +368,23 @@ class DefaultSpecsResult:
     def summary(self) -> Summary:
         """How many templates and their folder."""
         return _scalars({"specs": len(self.specs), "folder": self.specs[0].parent if self.specs else None})
+
+
+@dataclass(frozen=True)
+class SkillResult:
+    """``skill``: the agent skill bundle written.
+
+    Attributes:
+        folder: ``results_dir``, which holds ``SKILL.md``, ``schemas/`` and ``references/``.
+        files: every file written, in bundle order.
+    """
+
+    folder: Path
+    files: tuple[Path, ...]
+
+    def summary(self) -> Summary:
+        """How many files and their folder."""
+        return _scalars({"files": len(self.files), "folder": self.folder})
 
 
 @dataclass(frozen=True)
