@@ -33,6 +33,6 @@ def run(spec: Spec) -> SkillResult:
     out_dir = Path(spec.results_dir).expanduser()
     written = tuple(write_bundle(out_dir))
     for path in written:
-        logger.info(f"wrote {path}")
+        logger.debug(f"wrote {path}")
     status.success(f"Wrote {len(written)} skill files to {out_dir}.")
     return SkillResult(folder=out_dir, files=written)
