@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench lint format clean
+.PHONY: demo test test-slow bench lint format clean skill
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow tests
+
+# the agent skill bundle (skill/) and docs/spec-reference.md, generated from src/ddetr/spec (make test checks them)
+skill: $(STAMP)
+	$(BIN)/python -m ddetr.spec.skill .
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

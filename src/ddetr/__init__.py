@@ -26,6 +26,7 @@ _API = (
     "load_spec",
     "quantize",
     "report",
+    "skill",
     "train",
 )
 

@@ -37,6 +37,7 @@ _HELP = {
     "automl": "hyperparameter search",
     "dataset": "check the data sources of the spec (report, plot)",
     "report": "rewrite report.html of the train, evaluate and automl runs in results_dir",
+    "skill": "write the agent skill bundle (SKILL.md, schemas, spec templates) into results_dir",
 }
 
 

@@ -66,3 +66,17 @@ def test_plugin_export_warns_without_tensorrt(spec_args: list[str], spec_checkpo
     assert result.trt_plugin is True
     if not export.tensorrt_installed():
         assert "ONNX Runtime cannot run" in caplog.text
+
+
+def test_export_onnx_file_left_missing_is_derived(
+    spec_args: list[str], spec_checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """TAO's template leaves ``onnx_file: ???``: the file is named after the checkpoint, in the results folder."""
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(
+        None,
+        [*spec_args, f"export.checkpoint={spec_checkpoint}", "export.onnx_file=???", "export.on_cpu=true"],
+    )
+    result = export.run(spec)
+    assert result.onnx_file == Path(spec.results_dir) / "export" / "model.onnx" and result.onnx_file.is_file()
+    assert not (tmp_path / "???").exists()

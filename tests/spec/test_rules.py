@@ -42,7 +42,7 @@ MODEL_RULES = [
 ]
 # Rules docs/SPEC.md asks of every action; the other model rules only apply where the model is built from the spec.
 EVERY_ACTION = {0, 1, 2, 3}
-OTHER_ACTIONS = ("evaluate", "inference", "export", "quantize", "gen_trt_engine", "dataset", "default_specs")
+OTHER_ACTIONS = ("evaluate", "inference", "export", "quantize", "dataset", "default_specs")
 
 
 def _ids(rules: list) -> list[str]:
@@ -68,6 +68,12 @@ def test_actions_reading_the_architecture_from_a_checkpoint_keep_only_the_every_
                 load_spec(None, overrides, action=action)
         else:  # the checkpoint's architecture replaces these fields
             assert load_spec(None, overrides, action=action).model.backbone
+
+
+def test_gen_trt_engine_reads_no_model_rule() -> None:
+    """gen_trt_engine takes the architecture from its ONNX file (TAO's deploy template sets 2 levels, 4 indices)."""
+    for overrides, _names in MODEL_RULES:
+        assert load_spec(None, overrides, action="gen_trt_engine").model
 
 
 def test_interm_indices_give_one_message_at_load_and_from_python() -> None:

@@ -190,7 +190,12 @@ def generate_synthetic_dataset(
         },
         "val": {"image_dir": str(out / "images" / "val"), "json_file": str(out / "annotations" / "val.json")},
         **(
-            {"test": {"image_dir": str(out / "images" / "test"), "json_file": str(out / "annotations" / "test.json")}}
+            {
+                "test": {
+                    "image_dir": str(out / "images" / "test"),
+                    "json_file": str(out / "annotations" / "test.json"),
+                }
+            }
             if num_test > 0
             else {}
         ),

@@ -23,6 +23,7 @@ from ddetr.crypto import read_bytes, write_bytes_atomic
 from ddetr.errors import CheckpointError, DataError, SpecError, UnavailableError
 from ddetr.fileio import atomic_write_bytes
 from ddetr.runtime.trt import load_plugin_libraries, require_tensorrt
+from ddetr.spec.sections import is_set
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def build_settings(section: Any, onnx_file: str, engine_file: str, card: ModelCa
     if trt_section.data_type == "INT8":
         cal = trt_section.calibration
         cache_ready = bool(cal.cal_cache_file) and Path(cal.cal_cache_file).is_file()
-        dirs = [d for d in cal.cal_image_dir if d]
+        dirs = [d for d in cal.cal_image_dir if is_set(d)]  # TAO's ??? is not a folder
         if not dirs and not cache_ready:
             raise SpecError(
                 "gen_trt_engine.tensorrt.calibration.cal_image_dir: INT8 needs calibration images (or an existing "

@@ -28,6 +28,8 @@ from ddetr.spec.sections import ModelSection, Spec, field_meta
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "SHORTHAND_KEYS",
+    "apply_shorthand_keys",
     "check_rules",
     "dump_spec",
     "inert_fields_set",
@@ -92,6 +94,28 @@ def _yaml_load(text: str, source: str) -> Any:
 
 
 KEY_FIELD = "encryption_key"  # taken verbatim (never YAML-parsed, never interpolated) and never shown
+
+# Top-level shorthand keys of TAO's skill bank (and their dotted fields), accepted in a file or as overrides.
+SHORTHAND_KEYS: dict[str, str] = {
+    "num_epochs": "train.num_epochs",
+    "batch_size": "dataset.batch_size",
+    "learning_rate": "train.optim.lr",
+    "trt_data_type": "gen_trt_engine.tensorrt.data_type",
+}
+
+
+def apply_shorthand_keys(data: dict[str, Any]) -> dict[str, str]:
+    """Move top-level shorthand keys (:data:`SHORTHAND_KEYS`) to their fields in the raw spec mapping in place.
+
+    Returns:
+        ``{shorthand: dotted field}`` of the keys that were moved (the caller logs one line).
+    """
+    moved: dict[str, str] = {}
+    for short, dotted in SHORTHAND_KEYS.items():
+        if short in data:
+            set_value(data, dotted, data.pop(short), f"{short}=...")
+            moved[short] = dotted
+    return moved
 
 
 def _check_key_type(data: dict[str, Any], source: str | None) -> None:
@@ -158,6 +182,9 @@ def load_spec(
         else:
             apply_override(data, item)
     _check_key_type(data, None)
+    moved = apply_shorthand_keys(data)
+    if moved:
+        logger.info("shorthand keys: " + ", ".join(f"{k} -> {v}" for k, v in moved.items()))
     data = resolve_interpolations(data)
     spec = validate_spec(data)
     warnings = check_rules(spec, action)

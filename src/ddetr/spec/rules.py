@@ -9,22 +9,30 @@ The backbone names the spec accepts are defined here too; ``ddetr.model.backbone
 
 from __future__ import annotations
 
+from pathlib import PurePath
+from typing import Any
+
 from ddetr.errors import SpecError
-from ddetr.spec.sections import ModelSection, Spec
+from ddetr.spec.sections import MISSING, ModelSection, Spec, is_set
 
 __all__ = [
+    "ARTEFACT_SUFFIXES",
     "BACKBONE_STAGES",
     "BASIC_BLOCK_RESNETS",
     "GC_VIT_BACKBONES",
     "GROUP_NORM_GROUPS",
     "MODEL_BUILDING_ACTIONS",
+    "REQUIRED_FIELDS",
     "RESNET_BACKBONES",
     "TIMM_PREFIX",
     "TRAINING_ACTIONS",
     "UNAVAILABLE_BACKBONES",
     "VALID_BACKBONE_NAMES",
+    "architecture_from_artefact",
     "check_backbone",
+    "check_backbone_name",
     "check_model_section",
+    "check_required",
     "check_rules",
 ]
 
@@ -40,8 +48,8 @@ GC_VIT_BACKBONES: dict[str, str] = {
     "gc_vit_small": "gcvit_small",
     "gc_vit_base": "gcvit_base",
 }
-# TAO names without a counterpart here: timm has no "large" GC-ViT (TAO's is its own configuration).
-UNAVAILABLE_BACKBONES: tuple[str, ...] = ("gc_vit_large",)
+# TAO names without a counterpart here: timm has no "large" GC-ViT (TAO's are its own configurations).
+UNAVAILABLE_BACKBONES: tuple[str, ...] = ("gc_vit_large", "gc_vit_large_384")
 TIMM_PREFIX = "timm:"  # "timm:<name>": any timm model that gives stride 4/8/16/32 features
 VALID_BACKBONE_NAMES: tuple[str, ...] = (*RESNET_BACKBONES, *GC_VIT_BACKBONES, f"{TIMM_PREFIX}<name>")
 
@@ -55,6 +63,27 @@ GROUP_NORM_GROUPS = 32
 # checkpoint (or build no model), so only the model rules docs/SPEC.md lists for every action apply to them.
 MODEL_BUILDING_ACTIONS: tuple[str, ...] = ("train", "automl")
 TRAINING_ACTIONS: tuple[str, ...] = ("train", "automl")  # the actions check_rules' warnings are about
+# Model files whose architecture is fixed in the file itself (no model section is read for them).
+ARTEFACT_SUFFIXES: tuple[str, ...] = (".onnx", ".engine", ".plan", ".trt")
+
+
+def architecture_from_artefact(spec: Spec, action: str | None) -> bool:
+    """True when ``action`` takes the architecture from an ONNX file or TensorRT engine, not from the spec.
+
+    ``gen_trt_engine`` reads only its ONNX file. ``evaluate`` and ``inference`` run an ONNX file or engine
+    when their model file (``checkpoint``, else ``trt_engine``) is one, or when no file is given but
+    ``trt_engine`` is left ``???`` (TAO's deploy templates; the action then stops naming the field). Their
+    spec's architecture fields are not checked against each other then: the artefact decides.
+    """
+    if action == "gen_trt_engine":
+        return True
+    if action not in ("evaluate", "inference"):
+        return False
+    section = getattr(spec, action)
+    model_file = next((v for v in (section.checkpoint, section.trt_engine) if is_set(v)), "")
+    if not model_file:
+        return section.trt_engine.strip() == MISSING
+    return PurePath(model_file.strip()).suffix.lower() in ARTEFACT_SUFFIXES
 
 
 def check_backbone(model: ModelSection) -> None:
@@ -63,20 +92,30 @@ def check_backbone(model: ModelSection) -> None:
     Raises:
         SpecError: an unknown name, a TAO name without a counterpart here, or dilation on a basic-block ResNet.
     """
+    check_backbone_name(model.backbone)
     name = model.backbone
+    if model.dilation and name in BASIC_BLOCK_RESNETS:
+        raise SpecError(
+            f"model.dilation: true is not supported by {name} (basic blocks cannot dilate); "
+            "use resnet_50/resnet_101 or set model.dilation=false."
+        )
+
+
+def check_backbone_name(name: str) -> None:
+    """``name`` is a backbone ddetr builds (a TAO name without a counterpart here is refused with the valid ones).
+
+    Raises:
+        SpecError: an unknown name or a TAO name that is not available here.
+    """
     if name in UNAVAILABLE_BACKBONES:
         raise SpecError(
-            f"model.backbone: '{name}' is not available in timm; use one of {', '.join(GC_VIT_BACKBONES)}."
+            f"model.backbone: '{name}' is not available (timm has no such GC-ViT); valid names are "
+            f"{', '.join(VALID_BACKBONE_NAMES)}."
         )
     timm_name = name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX)
     if name not in RESNET_BACKBONES and name not in GC_VIT_BACKBONES and not timm_name:
         raise SpecError(
             f"model.backbone: unknown backbone '{name}'; valid names are {', '.join(VALID_BACKBONE_NAMES)}."
-        )
-    if model.dilation and name in BASIC_BLOCK_RESNETS:
-        raise SpecError(
-            f"model.dilation: true is not supported by {name} (basic blocks cannot dilate); "
-            "use resnet_50/resnet_101 or set model.dilation=false."
         )
 
 
@@ -157,10 +196,11 @@ def check_model_section(model: ModelSection, num_classes: int) -> None:
 def check_rules(spec: Spec, action: str | None = None) -> list[str]:
     """Apply the cross-field rules of docs/SPEC.md for one action.
 
-    Every action checks ``model.num_select`` against ``num_queries * num_classes``, ``return_interm_indices``
-    against ``num_feature_levels``, the random crop bounds and ``dataset.eval_class_ids``. The actions that
-    build the model from the spec (:data:`MODEL_BUILDING_ACTIONS`, and ``None``: unknown) also check every
-    other architecture rule (:func:`check_model_section`); the others take the architecture from a checkpoint.
+    Every action checks the random crop bounds and ``dataset.eval_class_ids``, and ``model.num_select``
+    against ``num_queries * num_classes`` and ``return_interm_indices`` against ``num_feature_levels``. The actions that build the model from the
+    spec (:data:`MODEL_BUILDING_ACTIONS`, and ``None``: unknown) also check every other architecture rule
+    (:func:`check_model_section`); the others take the architecture from a checkpoint. Actions that take it
+    from an ONNX file or engine (:func:`architecture_from_artefact`) check no model rule.
 
     Args:
         spec: The validated spec.
@@ -175,7 +215,7 @@ def check_rules(spec: Spec, action: str | None = None) -> list[str]:
     m, d = spec.model, spec.dataset
     if action is None or action in MODEL_BUILDING_ACTIONS:
         check_model_section(m, d.num_classes)
-    else:
+    elif not architecture_from_artefact(spec, action):
         _check_interm_indices(m)
         _check_num_select(m, d.num_classes)
     aug = d.augmentation
@@ -199,3 +239,81 @@ def check_rules(spec: Spec, action: str | None = None) -> list[str]:
             "the learning rate never decays"
         )
     return warnings
+
+
+# ------------------------------------------------------------------------------------- required fields
+
+# The fields each action needs. A tuple names alternatives (either is enough); "[]" stands for every entry of
+# a list of data sources. Only TAO's ``???`` marker is checked here; an empty value is reported by the action.
+REQUIRED_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "train": (
+        ("dataset.train_data_sources[].image_dir",),
+        ("dataset.train_data_sources[].json_file",),
+        ("dataset.val_data_sources[].image_dir",),
+        ("dataset.val_data_sources[].json_file",),
+    ),
+    "evaluate": (
+        ("evaluate.checkpoint", "evaluate.trt_engine"),
+        ("dataset.test_data_sources.image_dir",),
+        ("dataset.test_data_sources.json_file",),
+    ),
+    "inference": (
+        ("inference.checkpoint", "inference.trt_engine"),
+        ("dataset.infer_data_sources.image_dir",),
+    ),
+    "export": (("export.checkpoint",),),
+    "quantize": (("quantize.model_path",),),
+    "gen_trt_engine": (("gen_trt_engine.onnx_file",),),
+}
+REQUIRED_FIELDS["automl"] = REQUIRED_FIELDS["train"]
+
+
+def _values(spec: Spec, dotted: str) -> list[tuple[str, Any]]:
+    """``[(path, value)]`` of a dotted field; ``a[].b`` gives one pair per entry of the list ``a``."""
+    head, sep, tail = dotted.partition("[].")
+    if not sep:
+        return [(dotted, spec.get(dotted))]
+    out = []
+    for i, entry in enumerate(spec.get(head)):
+        value: Any = entry
+        for part in tail.split("."):
+            value = getattr(value, part)
+        out.append((f"{head}[{i}].{tail}", value))
+    return out
+
+
+def _is_missing(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_is_missing(v) for v in value)
+    return isinstance(value, str) and value.strip() == MISSING
+
+
+def check_required(spec: Spec, action: str) -> None:
+    """The fields ``action`` needs are not left as TAO's ``???`` ("required, not given yet").
+
+    Derived fields are not required: ``export.onnx_file``, ``gen_trt_engine.trt_engine`` and
+    ``gen_trt_engine.tensorrt.calibration.cal_cache_file`` left ``???`` are named after the input file, in the
+    action's results folder. Optional fields left ``???`` count as not set.
+
+    Raises:
+        SpecError: one line naming the first required field (or pair of alternatives) still ``???``.
+    """
+    for group in REQUIRED_FIELDS.get(action, ()):
+        pairs = [pair for name in group for pair in _values(spec, name)]
+        if len(group) > 1:
+            if all(_is_missing(v) or not is_set(v) for _, v in pairs) and any(
+                _is_missing(v) for _, v in pairs
+            ):
+                names = " or ".join(p for p, _ in pairs)
+                raise SpecError(
+                    f"{action} needs {names}, but the spec leaves them ??? (required, not given yet); "
+                    f"pass {pairs[0][0]}=PATH"
+                )
+            continue
+        for path, value in pairs:
+            if _is_missing(value):
+                key = path.split("[", 1)[0]
+                raise SpecError(
+                    f"{path} is required but the spec leaves it ??? (not given yet); set it in the spec or pass "
+                    f"{key}=..."
+                )

@@ -153,7 +153,7 @@ class ModelSection(Section):
 
     backbone: str = spec_field(
         "resnet_50",
-        description="resnet_18/34/50/101 (torchvision), gc_vit_xxtiny..gc_vit_large (timm), or timm:<name>",
+        description="resnet_18/34/50/101 (torchvision), gc_vit_xxtiny..gc_vit_base (timm), or timm:<name>",
     )
     pretrained_backbone_path: str = spec_field(
         "", description="backbone-only weights (torchvision or timm state dict)"
@@ -336,6 +336,9 @@ class AugmentationSection(Section):
     fixed_random_crop: int | None = spec_field(
         None, ge=1, le=MAX_SIDE, description="square large-scale-jitter crop size"
     )
+    pad_size_divisor: int | None = spec_field(
+        None, ge=1, inert=True, description="TAO: pad evaluation images to a multiple of this size"
+    )
 
 
 class ArchiveLimitsSection(Section):
@@ -513,6 +516,8 @@ class TrainSection(Section):
         "(less memory, slower steps)",
     )
     verbose: bool = spec_field(False)
+    input_width: int | None = spec_field(None, ge=1, inert=True, description="TAO: input tensor width")
+    input_height: int | None = spec_field(None, ge=1, inert=True, description="TAO: input tensor height")
     results_dir: str = spec_field("", description="empty: <results_dir>/train")
     optim: OptimSection = spec_field(OptimSection())
     checkpointer: CheckpointerSection = spec_field(CheckpointerSection(), description="inert (TAO)")
@@ -564,7 +569,7 @@ class ExportSection(Section):
 
     checkpoint: str = spec_field("", description="the .pth checkpoint to export")
     onnx_file: str = spec_field(
-        "", description="output path; empty: <results_dir>/export/<checkpoint stem>.onnx"
+        "", description="output path; empty or ???: <results_dir>/export/<checkpoint stem>.onnx"
     )
     opset_version: int = spec_field(17, ge=1)
     batch_size: int = spec_field(-1, ge=-1, description="-1: dynamic batch axis")
@@ -576,7 +581,9 @@ class ExportSection(Section):
     )
     gpu_id: int = spec_field(0, ge=0, description="the GPU the model is traced on (unless on_cpu)")
     verbose: bool = spec_field(False)
-    format: Literal["onnx"] = spec_field("onnx")
+    format: Literal["onnx", "xdl"] = spec_field(
+        "onnx", inert=True, description="onnx; TAO's xdl is accepted and an ONNX file is written"
+    )
     serialize_nvdsinfer: bool = spec_field(False, description="also write labels.txt and a DeepStream config")
     results_dir: str = spec_field("", description="empty: <results_dir>/export")
 
@@ -591,7 +598,11 @@ class QuantizeSection(Section):
     layers: list[Any] = spec_field([], description="per-layer settings (TAO layout)")
     skip_names: list[str] = spec_field([], description="module names left in full precision")
     backend_kwargs: dict[str, Any] = spec_field({})
-    device: str = spec_field("cuda", pattern=r"^(cpu|cuda(:\d+)?)$", description="cpu | cuda | cuda:N")
+    device: str = spec_field(
+        "cuda",
+        pattern=r"^(cpu|cuda(:\d+)?|trt)$",
+        description="cpu | cuda | cuda:N | trt; ddetr's back ends calibrate on the CPU (a warning says so)",
+    )
     results_dir: str = spec_field("", description="empty: <results_dir>/quantize")
 
 
@@ -599,7 +610,9 @@ class CalibrationSection(Section):
     """``gen_trt_engine.tensorrt.calibration``: INT8 calibration."""
 
     cal_image_dir: list[str] = spec_field([])
-    cal_cache_file: str = spec_field("")
+    cal_cache_file: str = spec_field(
+        "", description="INT8 calibration cache; ???: <results_dir>/gen_trt_engine/<onnx stem>.cal"
+    )
     cal_batch_size: int = spec_field(1, ge=1)
     cal_batches: int = spec_field(1, ge=1)
 
@@ -624,7 +637,9 @@ class GenTrtEngineSection(Section):
     """``gen_trt_engine``: an ONNX file to a TensorRT engine."""
 
     onnx_file: str = spec_field("")
-    trt_engine: str = spec_field("", description="output path")
+    trt_engine: str = spec_field(
+        "", description="output path; empty or ???: <results_dir>/gen_trt_engine/<onnx stem>.engine"
+    )
     timing_cache: str = spec_field("")
     gpu_id: int = spec_field(0, ge=0, inert=True)
     batch_size: int = spec_field(-1, ge=-1, description="-1: dynamic")
@@ -699,7 +714,9 @@ class Spec(Section):
     quantize: QuantizeSection = spec_field(QuantizeSection())
     gen_trt_engine: GenTrtEngineSection = spec_field(GenTrtEngineSection())
     automl: AutomlSection = spec_field(AutomlSection())
-    automl_policy: Literal["on", "off"] = spec_field("off")
+    automl_policy: Literal["on", "off"] = spec_field(
+        "off", description="(+) on: `ddetr train` runs the AutoML search instead of one training"
+    )
     jobs_db: str = spec_field(
         "",
         description="(+) job registry: a file or SQLAlchemy URL; empty: $DDETR_JOBS_DB, else ~/.ddetr/jobs.db",

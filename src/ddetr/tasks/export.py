@@ -34,7 +34,7 @@ def run(spec: Spec) -> ExportResult:
     from ddetr.deploy.nvdsinfer import write_nvdsinfer
     from ddetr.deploy.onnx_export import check_export_args, export_onnx
     from ddetr.runtime.devices import export_device
-    from ddetr.spec.sections import require
+    from ddetr.spec.sections import is_set, require
     from ddetr.status import StatusLogger
     from ddetr.tasks.common import prepare_results_dir
 
@@ -46,7 +46,8 @@ def run(spec: Spec) -> ExportResult:
     if checkpoint.is_symlink():  # the latest link: the ONNX file is named after the checkpoint it points at
         checkpoint = checkpoint.resolve()
     out_dir = prepare_results_dir(spec, "export")
-    onnx_file = Path(section.onnx_file) if section.onnx_file else out_dir / f"{checkpoint.stem}.onnx"
+    # empty or TAO's ``???``: derived from the checkpoint's name in the results folder
+    onnx_file = Path(section.onnx_file) if is_set(section.onnx_file) else out_dir / f"{checkpoint.stem}.onnx"
     status = StatusLogger(out_dir / "status.json")
     with status.action(f"Exporting {checkpoint} to {onnx_file}."):
         if not section.on_cpu and not tensorrt_installed():

@@ -29,7 +29,7 @@ def plan(spec: Spec) -> tuple[TrtBuildSettings, ModelCard]:
     """
     from ddetr.artefacts.onnx_file import read_card
     from ddetr.deploy.tensorrt import build_settings, calibration_stream
-    from ddetr.spec.sections import is_set, require
+    from ddetr.spec.sections import MISSING, is_set, require
     from ddetr.tasks.common import action_dir
 
     section = spec.gen_trt_engine
@@ -39,8 +39,16 @@ def plan(spec: Spec) -> tuple[TrtBuildSettings, ModelCard]:
     card = read_card(onnx_file, spec.encryption_key)
     if card.quantization and section.tensorrt.data_type != "INT8":
         logger.warning("%s is QDQ-quantized: TensorRT builds it as INT8 whatever data_type says.", onnx_file)
+    # empty or TAO's ???: named after the ONNX file, in the results folder (the cache only when ???)
     engine = section.trt_engine if is_set(section.trt_engine) else ""
     engine_file = Path(engine) if engine else action_dir(spec, "gen_trt_engine") / f"{onnx_file.stem}.engine"
+    cal = section.tensorrt.calibration
+    if cal.cal_cache_file.strip() == MISSING:
+        cache = str(action_dir(spec, "gen_trt_engine") / f"{onnx_file.stem}.cal")
+        tensorrt = section.tensorrt.model_copy(
+            update={"calibration": cal.model_copy(update={"cal_cache_file": cache})}
+        )
+        section = section.model_copy(update={"tensorrt": tensorrt})
     settings = build_settings(section, str(onnx_file), str(engine_file), card)
     if settings.calibration is not None and settings.calibration.image_dirs:
         cache = settings.calibration.cache_file

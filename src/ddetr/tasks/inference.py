@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ddetr.errors import DataError, SpecError
-from ddetr.spec.sections import Spec
+from ddetr.spec.sections import Spec, is_set
 from ddetr.tasks.jobrecord import recorded
 from ddetr.tasks.results import InferenceResult
 
@@ -45,7 +45,7 @@ def read_classmap(path: str) -> list[str]:
 
 def resolve_class_names(classmap: str, model_names: list[str], num_classes: int) -> list[str]:
     """The classmap's names if given (must cover the model's classes), else the model's own names."""
-    if classmap:
+    if is_set(classmap):  # empty or TAO's ???: the model's own names
         names = read_classmap(classmap)
         if len(names) < num_classes:
             raise DataError(

@@ -71,7 +71,9 @@ def run(spec: Spec) -> QuantizeResult:
     out_dir = prepare_results_dir(spec, "quantize")
     status = StatusLogger(out_dir / "status.json")
     with status.action(f"Quantizing {plan.model_path} with {plan.backend} ({plan.mode})."):
-        if section.device.startswith("cuda"):  # TAO's default; every back end here calibrates on the CPU
+        if (
+            section.device.startswith("cuda") or section.device == "trt"
+        ):  # every back end here runs on the CPU
             import torch
 
             why = "ddetr's quantize back ends run on the CPU" if torch.cuda.is_available() else "no GPU found"

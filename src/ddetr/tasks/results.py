@@ -24,6 +24,7 @@ __all__ = [
     "InferenceResult",
     "QuantizeResult",
     "ReportResult",
+    "SkillResult",
     "Summary",
     "TrainResult",
 ]
@@ -389,6 +390,23 @@ class ReportResult:
     def summary(self) -> Summary:
         """The reports written."""
         return {"reports": ", ".join(str(p) for p in self.reports)}
+
+
+@dataclass(frozen=True)
+class SkillResult:
+    """``skill``: the agent skill bundle written.
+
+    Attributes:
+        folder: ``results_dir``, which holds ``SKILL.md``, ``schemas/`` and ``references/``.
+        files: every file written, in bundle order.
+    """
+
+    folder: Path
+    files: tuple[Path, ...]
+
+    def summary(self) -> Summary:
+        """How many files and their folder."""
+        return _scalars({"files": len(self.files), "folder": self.folder})
 
 
 @dataclass(frozen=True)
