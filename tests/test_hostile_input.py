@@ -161,14 +161,23 @@ def test_nan_loss_stops_with_what_to_lower(tiny_spec_args: list[str]) -> None:
     assert "training diverged" in status and "resume" not in status
 
 
-def test_resume_checkpoint_of_another_architecture_names_the_fields(tiny_spec_args: list[str]) -> None:
+def test_resume_checkpoint_of_another_architecture_names_the_fields(
+    tiny_spec_args: list[str], tmp_path: Path
+) -> None:
     from ddetr.spec.load import load_spec
     from ddetr.tasks import train
 
-    train.run(load_spec(None, [*tiny_spec_args, "train.num_epochs=1"]))
-    # the same results_dir (so dd_model_latest.pth is resumed) with a wider model and more classes
-    line = one_error_line(run_ddetr("train", *tiny_spec_args, "model.hidden_dim=64", "dataset.num_classes=5"))
-    assert "dd_model_latest.pth is another architecture than the spec" in line, line
+    first = train.run(load_spec(None, [*tiny_spec_args, "train.num_epochs=1"]))
+    # another results_dir (this process holds the first one's lock), resuming the first run's checkpoint with
+    # a wider model and more classes
+    args = [
+        *tiny_spec_args,
+        f"results_dir={tmp_path / 'other'}",
+        "model.hidden_dim=64",
+        "dataset.num_classes=5",
+    ]
+    line = one_error_line(run_ddetr("train", *args, f"train.resume_training_checkpoint_path={first.latest}"))
+    assert "is another architecture than the spec" in line and str(first.latest) in line, line
     assert "model.hidden_dim 32 vs 64" in line and "dataset.num_classes 4 vs 5" in line
 
 

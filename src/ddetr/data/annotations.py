@@ -158,9 +158,6 @@ def read_coco_json(json_file: str, local: Path) -> dict[str, Any]:
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
             raise _fail(json_file, f"images[{i}] has no 'id' or 'file_name'")
-        _check_types(json_file, f"images[{i}]", img, {"id": _INT, "width": _SIZE, "height": _SIZE})
-        if not isinstance(img["file_name"], str):
-            raise _fail(json_file, f"images[{i}] file_name {img['file_name']!r} is not a string")
         check_file_name(json_file, i, img)
     for i, ann in enumerate(data["annotations"]):
         missing = [
@@ -168,16 +165,35 @@ def read_coco_json(json_file: str, local: Path) -> dict[str, Any]:
         ]
         if missing:
             raise _fail(json_file, f"annotations[{i}] has no {', '.join(repr(m) for m in missing)}")
-        bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-            raise _fail(json_file, f"annotations[{i}] bbox {bbox!r} is not [x, y, w, h] numbers")
-        kinds = {"image_id": _INT, "category_id": _INT, "iscrowd": _FLAG, "area": _SIZE}
-        _check_types(json_file, f"annotations[{i}]", ann, kinds)
+        if not (isinstance(ann["bbox"], list) and len(ann["bbox"]) == 4):
+            raise _fail(json_file, f"annotations[{i}] bbox is not [x, y, w, h]")
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or "id" not in cat:
             raise _fail(json_file, f"categories[{i}] has no 'id'")
-        _check_types(json_file, f"categories[{i}]", cat, {"id": _INT})
     return data
+
+
+def check_field_types(json_file: str, data: dict[str, Any]) -> None:
+    """Refuse entries whose fields have the wrong type for training and evaluation (after :func:`read_coco_json`).
+
+    Ids are integers, ``file_name`` a string, ``bbox`` four numbers, sizes and ``area`` numbers, ``iscrowd``
+    0/1. ``ddetr dataset`` reports such entries one by one instead; the datasets that train and evaluate
+    need every entry usable.
+
+    Raises:
+        DataError: one line naming the file, the entry, the field and its value.
+    """
+    for i, img in enumerate(data["images"]):
+        _check_types(json_file, f"images[{i}]", img, {"id": _INT, "width": _SIZE, "height": _SIZE})
+        if not isinstance(img["file_name"], str):
+            raise _fail(json_file, f"images[{i}] file_name {img['file_name']!r} is not a string")
+    for i, ann in enumerate(data["annotations"]):
+        if not all(_is_number(v) for v in ann["bbox"]):
+            raise _fail(json_file, f"annotations[{i}] bbox {ann['bbox']!r} is not [x, y, w, h] numbers")
+        kinds = {"image_id": _INT, "category_id": _INT, "iscrowd": _FLAG, "area": _SIZE}
+        _check_types(json_file, f"annotations[{i}]", ann, kinds)
+    for i, cat in enumerate(data["categories"]):
+        _check_types(json_file, f"categories[{i}]", cat, {"id": _INT})
 
 
 def _is_number(value: Any) -> bool:

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from ddetr.data.annotations import (
     DECODE_ERRORS,
     bad_category_ids,
+    check_field_types,
     clip_box,
     image_size,
     read_coco_json,
@@ -97,6 +98,7 @@ class CocoDetection(Dataset):
         gt_anns: list[dict[str, Any]] = []
         for index, (image_dir, json_file) in enumerate(sources):
             data = read_coco_json(str(json_file), resolve_file(str(json_file), cache_dir))
+            check_field_types(str(json_file), data)
             _check_category_ids(str(json_file), data, self.num_classes)
             for cat in data["categories"]:
                 cid, name = int(cat["id"]), str(cat.get("name", ""))
