@@ -17,6 +17,7 @@ from ddetr.cli import main as cli_main
 from ddetr.jobs.lineage import candidates, choose, parse_select, verify
 from ddetr.jobs.registry import Artefact, JobError, Registry, db_url, file_sha256
 from ddetr.spec.load import load_spec
+from ddetr.spec.sections import Spec
 from ddetr.tasks import default_specs
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -204,3 +205,26 @@ def test_jobs_command_show_best_and_errors(tmp_path: Path, capsys: pytest.Captur
     # --select without a parent is a one-line error before anything runs
     assert cli_main(["export", f"results_dir={tmp_path}", "--select", "epoch=1"]) == 2
     assert "no parent is given" in capsys.readouterr().err
+
+
+def test_interrupted_training_keeps_its_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A train run stopped from outside is closed as interrupted, with the checkpoints it saved as artefacts."""
+    from ddetr.errors import Interrupted
+    from ddetr.tasks.common import prepare_results_dir
+    from ddetr.tasks.jobrecord import recorded
+
+    monkeypatch.setenv("DDETR_JOBS_DB", str(tmp_path / "jobs.db"))
+
+    @recorded("train")
+    def stopped(spec: Spec) -> None:  # a stand-in task
+        folder = prepare_results_dir(spec, "train")
+        (folder / "model_epoch_000_step_00003.pth").write_bytes(b"saved on SIGTERM")
+        raise Interrupted("training interrupted by SIGTERM at step 3", 143)
+
+    with pytest.raises(Interrupted):
+        stopped(load_spec(None, [f"results_dir={tmp_path / 'out'}"]))
+    job_file = json.loads((tmp_path / "out" / "train" / "job.json").read_text())
+    assert job_file["status"] == "interrupted"
+    job = Registry().get(job_file["job_id"])
+    assert job.status == "interrupted" and "SIGTERM" in job.reason
+    assert [(a.kind, a.epoch, a.step) for a in job.artefacts] == [("checkpoint", 0, 3)]
