@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import typing
 
 import pytest
@@ -153,9 +154,13 @@ def test_every_parameter_free_hf_activation_is_implemented() -> None:
 def test_every_activation_matches_hf_elementwise() -> None:
     from transformers.activations import ACT2FN
 
+    from ddetr.model.transformer import DeformableTransformerDecoderLayer
+
     x = torch.linspace(-12.0, 12.0, 4001)
     for name, function in FFN_ACTIVATIONS.items():
         assert (function(x) - ACT2FN[name](x)).abs().max().item() <= 1e-5, name
+        layer = DeformableTransformerDecoderLayer(32, 48, 0.0, 1, 2, 2, name)
+        assert pickle.loads(pickle.dumps(layer)).activation == name  # DDP spawn and torch.save pickle models
 
 
 @pytest.mark.parametrize("activation", ["gelu", "silu", "quick_gelu", "gelu_new"])

@@ -42,6 +42,27 @@ def _laplace(x: Tensor) -> Tensor:
     return 0.5 * (1.0 + torch.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0))))
 
 
+def _gelu_clipped(x: Tensor) -> Tensor:
+    return F.gelu(x).clamp(-10.0, 10.0)
+
+
+def _quick_gelu(x: Tensor) -> Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+def _relu_squared(x: Tensor) -> Tensor:
+    return F.relu(x).square()
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _sqrt_softplus(x: Tensor) -> Tensor:
+    return F.softplus(x).sqrt()
+
+
+# module-level functions only, so that a model with any activation pickles (DDP spawn, torch.save)
 #: ``model.activation`` name -> function; the names are Hugging Face's ``activation_function`` values.
 FFN_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
@@ -52,20 +73,20 @@ FFN_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_accurate": _gelu_tanh,
     "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
     "gelu_python_tanh": _gelu_tanh,
-    "gelu_10": lambda x: F.gelu(x).clamp(-10.0, 10.0),
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "gelu_10": _gelu_clipped,
+    "quick_gelu": _quick_gelu,
     "silu": F.silu,
     "swish": F.silu,
     "mish": F.mish,
-    "relu2": lambda x: F.relu(x).square(),
+    "relu2": _relu_squared,
     "relu6": F.relu6,
     "leaky_relu": F.leaky_relu,
     "hardswish": F.hardswish,
     "laplace": _laplace,
-    "linear": lambda x: x,
+    "linear": _identity,
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
-    "sqrtsoftplus": lambda x: F.softplus(x).sqrt(),
+    "sqrtsoftplus": _sqrt_softplus,
 }
 
 
