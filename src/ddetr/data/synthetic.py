@@ -189,20 +189,15 @@ def generate_synthetic_dataset(
             "json_file": str(out / "annotations" / "train.json"),
         },
         "val": {"image_dir": str(out / "images" / "val"), "json_file": str(out / "annotations" / "val.json")},
-        **(
-            {
-                "test": {
-                    "image_dir": str(out / "images" / "test"),
-                    "json_file": str(out / "annotations" / "test.json"),
-                }
-            }
-            if num_test > 0
-            else {}
-        ),
         "classmap": str(out / "classmap.txt"),
         "num_classes": len(CLASS_NAMES) + 1,
         "class_names": ["", *CLASS_NAMES],
     }
+    if num_test > 0:
+        result["test"] = {
+            "image_dir": str(out / "images" / "test"),
+            "json_file": str(out / "annotations" / "test.json"),
+        }
     if reuse and manifest.is_file():
         try:
             if json.loads(manifest.read_text(encoding="utf-8")) == params:

@@ -109,6 +109,8 @@ def build_wandb_logger(spec: Any, train_dir: Path) -> WandbLogger:
         mode, why = "offline", "the online start failed"
         wandb_logger = start(mode)
     run = wandb_logger.experiment
+    if not isinstance(getattr(run, "dir", None), str):
+        return wandb_logger  # a process other than rank 0: Lightning's stand-in run, nothing to say
     if mode == "offline":
         folder = run_folder(run)
         logger.info(
