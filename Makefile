@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench lint format clean skill
+.PHONY: chromium demo test test-slow bench lint format clean skill
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,10 +18,10 @@ demo: $(STAMP)
 	$(BIN)/python -m ddetr.demo
 
 # the docstrings' Example blocks run too (every module of src/ddetr imports without optional back ends)
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -x -p no:cacheprovider --doctest-modules src/ddetr tests
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow tests
 
 # the agent skill bundle (skill/) and docs/spec-reference.md, generated from src/ddetr/spec (make test checks them)
@@ -41,3 +41,9 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# the report tests open report.html in Debian's headless Chromium (tests/browser.py): install it when missing
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	  $$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
