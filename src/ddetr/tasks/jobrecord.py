@@ -27,7 +27,7 @@ from ddetr.jobs import registry as reg
 from ddetr.jobs.lineage import candidates, choose, verify
 from ddetr.jobs.registry import Artefact, JobError, Registry, epoch_step_of
 from ddetr.spec.sections import Spec, is_set
-from ddetr.tasks.lock import _secondary_rank
+from ddetr.tasks.lock import is_secondary_rank
 
 logger = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ def recorded(action: str) -> Callable[[F], F]:
     def wrap(run: F) -> F:
         @functools.wraps(run)
         def inner(spec: Spec, *args: Any, **kwargs: Any) -> Any:
-            if _secondary_rank():
+            if is_secondary_rank():
                 return run(spec, *args, **kwargs)
             spec = resolve_parent(spec, action)
             # an AutoML trial's parent is its search; the search itself resolved the spec's parent

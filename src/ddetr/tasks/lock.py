@@ -55,9 +55,6 @@ def is_secondary_rank() -> bool:
     return False
 
 
-_secondary_rank = is_secondary_rank  # the name the lock used first
-
-
 def _holder(fd: int) -> dict[str, Any]:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
