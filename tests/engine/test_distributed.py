@@ -38,8 +38,13 @@ _CLUSTER_VARIABLES = (
 
 @pytest.fixture()
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    from lightning_utilities.core.rank_zero import rank_zero_only
+
     for name in _CLUSTER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    # a Trainer built for global rank 1 sets Lightning's process-wide rank: later tests of this process must
+    # see rank 0 again (else their loggers hand out dummy experiments)
+    monkeypatch.setattr(rank_zero_only, "rank", getattr(rank_zero_only, "rank", 0))
     return monkeypatch
 
 
