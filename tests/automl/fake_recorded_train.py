@@ -13,9 +13,9 @@ import fake_train
 from ddetr.spec.load import load_spec
 from ddetr.status import read_status
 from ddetr.tasks.common import prepare_results_dir
+from ddetr.tasks.folders import best_checkpoint, checkpoint_records
 from ddetr.tasks.jobrecord import recorded
 from ddetr.tasks.results import TrainResult
-from ddetr.tasks.train import best_checkpoint, checkpoint_records
 
 
 @recorded("train")

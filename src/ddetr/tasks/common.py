@@ -13,6 +13,7 @@ from ddetr.model.predict import Predictor
 from ddetr.spec.load import dump_spec, merge_model_from_checkpoint
 from ddetr.spec.sections import Spec, is_set
 from ddetr.status import StatusLogger
+from ddetr.tasks.folders import action_dir
 from ddetr.tasks.lock import is_secondary_rank, lock_results_dir
 
 logger = logging.getLogger(__name__)
@@ -20,24 +21,6 @@ logger = logging.getLogger(__name__)
 SHARED_ACTIONS = ("automl",)  # folders that several processes use together (AutoML workers joining a search)
 
 __all__ = ["action_dir", "model_path", "open_predictor", "prepare_results_dir", "status_logger"]
-
-
-def action_dir(spec: Spec, action: str) -> Path:
-    """``<action>.results_dir`` when set, else ``<results_dir>/<action>``.
-
-    Raises:
-        SpecError: neither is set (empty or ``???``).
-    """
-    section = getattr(spec, action, None)
-    own = getattr(section, "results_dir", "") if section is not None else ""
-    if is_set(own):
-        return Path(own).expanduser()
-    if not is_set(spec.results_dir):
-        raise SpecError(
-            f"results_dir is not set (got {spec.results_dir!r}); every action needs it: set results_dir "
-            f"in the spec or pass results_dir=/path/to/results"
-        )
-    return Path(spec.results_dir).expanduser() / action
 
 
 def prepare_results_dir(spec: Spec, action: str) -> Path:

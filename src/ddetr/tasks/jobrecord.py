@@ -162,7 +162,7 @@ def resolve_parent(spec: Spec, action: str) -> Spec:
     if action in ("evaluate", "inference") and not chosen.path.endswith(".pth"):
         target = f"{action}.trt_engine"
     if action == "train" and job.action == "train":
-        from ddetr.tasks.common import action_dir
+        from ddetr.tasks.folders import action_dir
 
         same = Path(job.results_dir).resolve() == action_dir(spec, "train").resolve()
         if same:  # the same training folder: continue it rather than start again from its weights
@@ -322,7 +322,7 @@ def _close(frame: _Frame, status: str, reason: str = "", result: Any = None) -> 
         kpis: dict[str, Any] = {}
         if result is None and frame.action == "train" and frame.folder is not None:
             # a stopped training's checkpoints (the one saved on SIGTERM included) can still be parents
-            from ddetr.tasks.train import checkpoint_records
+            from ddetr.tasks.folders import checkpoint_records
 
             records = checkpoint_records(frame.folder)
             arts, _ = outputs(_partial_train(frame.folder, records), frame.inputs)

@@ -197,7 +197,7 @@ def _bucketed(xs: list[float], ys: list[float | None]) -> tuple[list[float], lis
 
 def _training_section(folder: Path) -> Any:
     from ddetr.engine.callbacks import METRICS_NAME, read_metrics
-    from ddetr.tasks.train import best_checkpoint, checkpoint_records
+    from ddetr.tasks.folders import best_checkpoint, checkpoint_records
     from ddetr.viz.report import Section, bar_chart, line_chart, table
 
     section = Section("Training", key="training")
@@ -600,7 +600,7 @@ def run(spec: Spec) -> ReportResult:
     Raises:
         SpecError: results_dir is not set, or none of those folders exists.
     """
-    from ddetr.tasks.common import action_dir
+    from ddetr.tasks.folders import action_dir
 
     written = []
     for action in REPORT_ACTIONS:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import shutil
 import tempfile
 import time
@@ -15,15 +14,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from ddetr.errors import CheckpointError, Interrupted, SpecError
+from ddetr.tasks.folders import best_checkpoint, checkpoint_records
 from ddetr.tasks.jobrecord import recorded
-from ddetr.tasks.results import AutomlResult, CheckpointRecord, TrainResult
+from ddetr.tasks.results import AutomlResult, TrainResult
 
 if TYPE_CHECKING:
     from ddetr.spec.sections import Spec
 
 logger = logging.getLogger(__name__)
-
-_CHECKPOINT_NAME = re.compile(r"model_epoch_(\d+)_step_(\d+)\.pth")
 
 
 def apply_freeze(model: torch.nn.Module, names: list[str]) -> int:
@@ -92,45 +90,6 @@ def _summary(result: TrainResult) -> None:
     for key, value in result.summary().items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console(stderr=True).print(table)
-
-
-def checkpoint_records(train_dir: Path) -> tuple[CheckpointRecord, ...]:
-    """Every ``model_epoch_<EEE>_step_<SSSSS>.pth`` in ``train_dir``, in step order, with its KPIs.
-
-    The KPIs are those of the validation that ran at the checkpoint's step, as status.json recorded it
-    (``None`` when no validation ran at that step, e.g. a checkpoint saved on SIGTERM mid-epoch).
-    """
-    from ddetr.status import read_status
-
-    kpis: dict[int, dict[str, float]] = {}
-    for event in read_status(train_dir / "status.json"):
-        kpi = event.get("kpi")
-        if isinstance(kpi, dict) and "step" in event and any(k.startswith("val_") for k in kpi):
-            kpis[int(event["step"])] = kpi
-    records = []
-    for path in train_dir.glob("model_epoch_*_step_*.pth"):
-        match = _CHECKPOINT_NAME.fullmatch(path.name)
-        if match is None or path.is_symlink():
-            continue
-        epoch, step = int(match.group(1)), int(match.group(2))
-        kpi = kpis.get(step, {})
-
-        def number(name: str, kpi: dict[str, float] = kpi) -> float | None:
-            value = kpi.get(name)
-            return float(value) if isinstance(value, (int, float)) else None
-
-        records.append(
-            CheckpointRecord(
-                path.resolve(), epoch, step, number("val_mAP"), number("val_mAP50"), number("val_loss")
-            )
-        )
-    return tuple(sorted(records, key=lambda r: (r.step, r.epoch)))
-
-
-def best_checkpoint(records: tuple[CheckpointRecord, ...]) -> CheckpointRecord | None:
-    """The record with the highest ``val_mAP`` (the later one on a tie); ``None`` when none has a mAP."""
-    scored = [r for r in records if r.val_mAP is not None]
-    return max(scored, key=lambda r: (r.val_mAP, r.step)) if scored else None
 
 
 def _interrupted(exc: SystemExit, train_dir: Path, step: int) -> Interrupted:
