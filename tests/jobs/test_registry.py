@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ddetr.cli import main as cli_main
+from ddetr.jobs import registry as registry_module
 from ddetr.jobs.lineage import candidates, choose, parse_select, verify
 from ddetr.jobs.registry import Artefact, JobError, Registry, db_url, file_sha256
 from ddetr.spec.load import load_spec
@@ -152,7 +154,7 @@ def test_two_processes_write_at_once(tmp_path: Path) -> None:
     assert sorted(j.results_dir for j in jobs) == ["a"] * 40 + ["b"] * 40
 
 
-@pytest.mark.parametrize("damage", ["corrupt", "read-only"])
+@pytest.mark.parametrize("damage", ["corrupt", "read-only", "locked"])
 def test_unwritable_registry_warns_once_and_the_action_runs(
     tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -160,15 +162,30 @@ def test_unwritable_registry_warns_once_and_the_action_runs(
     if damage == "corrupt":
         db.write_bytes(b"this is not a database" * 100)
         url = str(db)
-    else:  # SQLite's own read-only mode (file permissions do not stop root)
+    elif damage == "read-only":  # SQLite's own read-only mode (file permissions do not stop root)
         Registry(db)
         url = f"sqlite:///file:{db}?mode=ro&uri=true"
+    else:  # another process holds the write lock for longer than the registry waits
+        Registry(db)
+        url = str(db)
+        monkeypatch.setattr(registry_module, "BUSY_TIMEOUT", 0.2)
     monkeypatch.setenv("DDETR_JOBS_DB", url)
     out = tmp_path / "out"
-    result = default_specs.run(load_spec(None, [f"results_dir={out}"]))
+    holder = None
+    if damage == "locked":
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+    try:
+        result = default_specs.run(load_spec(None, [f"results_dir={out}"]))
+    finally:
+        if holder is not None:
+            holder.execute("ROLLBACK")
+            holder.close()
     assert result.specs  # the action ran
     warnings = [r for r in caplog.records if "job registry not written" in r.getMessage()]
     assert len(warnings) == 1
+    if damage == "locked":
+        assert "locked" in warnings[0].getMessage()
     job_file = json.loads((out / "default_specs" / "job.json").read_text())
     assert job_file["job_id"] is None and job_file["action"] == "default_specs"
 

@@ -41,6 +41,7 @@ __all__ = [
 DB_ENV = "DDETR_JOBS_DB"
 DEFAULT_DB = Path("~/.ddetr/jobs.db")
 HEARTBEAT_INTERVAL = 30.0  # seconds between a running job's heartbeats
+BUSY_TIMEOUT = 30.0  # seconds an SQLite writer waits for another process's lock before giving up
 STALE_AFTER = 300.0  # seconds without a heartbeat after which a running job is taken as lost
 STATUSES = ("running", "success", "failure", "interrupted", "lost")
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # lower case, no i/l/o/u: easy to read and type
@@ -188,7 +189,7 @@ class Registry:
                     raise JobError(
                         f"job registry {self.shown}: cannot create its folder ({exc.strerror})"
                     ) from None
-        args = {"timeout": 30} if sqlite else {}
+        args = {"timeout": BUSY_TIMEOUT} if sqlite else {}
         try:
             self.engine = create_engine(self.url, connect_args=args, poolclass=_null_pool())
         except (SQLAlchemyError, ImportError, ValueError) as exc:
@@ -198,7 +199,7 @@ class Registry:
             @event.listens_for(self.engine, "connect")
             def _pragmas(connection: Any, _record: Any) -> None:
                 cursor = connection.cursor()
-                cursor.execute("PRAGMA busy_timeout=30000")
+                cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
                 try:
                     cursor.execute("PRAGMA journal_mode=WAL")
                 except Exception:  # read-only file or folder: reading still works in its own mode
