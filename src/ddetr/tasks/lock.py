@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ddetr.errors import SpecError
+from ddetr.jobs.registry import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +73,6 @@ def _describe(holder: dict[str, Any]) -> str:
     return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}{since}"
 
 
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
 def lock_results_dir(folder: Path, action: str, field: str = "results_dir") -> Path | None:
     """Take the exclusive lock of an action's results folder, or fail at once naming the holder.
 
@@ -132,7 +121,7 @@ def lock_results_dir(folder: Path, action: str, field: str = "results_dir") -> P
     left = _holder(fd)
     if left and left.get("pid") != os.getpid():
         here = left.get("host") == socket.gethostname()
-        state = "no longer running" if here and not _pid_alive(left.get("pid")) else "its lock was released"
+        state = "no longer running" if here and not pid_alive(left.get("pid")) else "its lock was released"
         logger.warning("%s: taking over %s: it was left by %s (%s)", action, folder, _describe(left), state)
     record = {
         "pid": os.getpid(),
