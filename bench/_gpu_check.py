@@ -1,7 +1,8 @@
 """Checks behind bench/gpu_check.sh, one subcommand each; the last line printed is the PASS/FAIL detail.
 
 ``python bench/_gpu_check.py cuda | data DIR | loss_falls TRAIN_DIR | bench DIR | backend EVAL_DIR NAME
-PROVIDER | same_map EVAL_DIR REF_EVAL_DIR POINTS | ddp TRAIN_DIR REF_TRAIN_DIR``. Exit status 1 on failure.
+PROVIDER | same_map EVAL_DIR REF_EVAL_DIR POINTS | quantized QUANTIZE_DIR POINTS | evaluated EVAL_DIR | ddp
+TRAIN_DIR REF_TRAIN_DIR``. Exit status 1 on failure.
 (run_all.py skips files starting with "_": this is not a benchmark of its own.)
 """
 
@@ -88,6 +89,23 @@ def same_map(eval_dir: str, reference_dir: str, points: str) -> str:
     assert ref > 1.0, f"reference mAP {ref:.2f}: the model learned nothing, nothing to compare"
     assert abs(got - ref) <= float(points), f"mAP {got:.2f} vs ONNX Runtime {ref:.2f} (> {points} points)"
     return f"mAP {got:.2f} vs ONNX Runtime {ref:.2f} (within {points} points)"
+
+
+def quantized(quantize_dir: str, points: str) -> str:
+    """quantize ran on the GPU and the quantized model's mAP is within ``points`` of the float model's."""
+    report = json.loads((Path(quantize_dir) / "quantize_report.json").read_text())
+    assert report["device"].startswith("cuda"), f"quantize ran on {report['device']}"
+    before, after = 100 * report["mAP"]["before"], 100 * report["mAP"]["after"]
+    assert before > 1.0, f"float mAP {before:.2f}: the model learned nothing, nothing to compare"
+    assert abs(after - before) <= float(points), f"mAP {before:.2f} -> {after:.2f} (> {points} points)"
+    return f"{report['backend']} on {report['device']}: mAP {before:.2f} -> {after:.2f}"
+
+
+def evaluated(eval_dir: str) -> str:
+    """An evaluation finished with a finite mAP (the checkpoint loaded)."""
+    mAP = 100 * _metrics(eval_dir)["test_mAP"]
+    assert math.isfinite(mAP), mAP
+    return f"checkpoint evaluated: mAP {mAP:.2f}"
 
 
 def ddp(train_dir: str, reference_dir: str) -> str:

@@ -53,13 +53,26 @@ for dtype in FP32 FP16 INT8; do
 done
 check evaluate_checkpoint_cuda bash -c "'$DDETR' evaluate ${SPEC[*]} results_dir='$WORK/pth' evaluate.checkpoint='$CKPT' \
     && '$PY' '$HELP' same_map '$WORK/pth/evaluate' '$WORK/ort/evaluate' 0.5"
+for backend in modelopt.pytorch onnxruntime; do
+    check "quantize_cuda_$backend" bash -c "'$DDETR' quantize ${SPEC[*]} results_dir='$WORK/q_$backend' \
+        quantize.model_path='$CKPT' quantize.backend=$backend quantize.mode=static_ptq quantize.device=cuda \
+        dataset.quant_calibration_data_sources.image_dir='$WORK/data/images/train' \
+        && '$PY' '$HELP' quantized '$WORK/q_$backend/quantize' 1.5"
+done
 
 gpus="$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
 if [ "${gpus:-0}" -ge 2 ]; then
     check ddp_2_gpus bash -c "'$DDETR' train ${SPEC[*]} results_dir='$WORK/ddp' train.num_gpus=2 train.gpu_ids=[0,1] \
         train.num_epochs=1 && '$PY' '$HELP' ddp '$WORK/ddp/train' '$WORK/bf16/train'"
+    check fsdp_2_gpus bash -c "'$DDETR' train ${SPEC[*]} results_dir='$WORK/fsdp' train.num_gpus=2 train.gpu_ids=[0,1] \
+        train.distributed_strategy=fsdp train.num_epochs=1 && '$DDETR' evaluate ${SPEC[*]} results_dir='$WORK/fsdp' \
+        evaluate.checkpoint='$WORK/fsdp/train/dd_model_latest.pth' && '$PY' '$HELP' evaluated '$WORK/fsdp/evaluate'"
+    check engine_gpu_1 bash -c "'$DDETR' gen_trt_engine ${SPEC[*]} results_dir='$WORK/gpu1' gen_trt_engine.gpu_id=1 \
+        gen_trt_engine.onnx_file='$WORK/trt/model.onnx' gen_trt_engine.trt_engine='$WORK/gpu1/model.engine' \
+        && '$DDETR' evaluate ${SPEC[*]} results_dir='$WORK/gpu1' evaluate.trt_engine='$WORK/gpu1/model.engine' \
+        evaluate.gpu_ids=[1] && '$PY' '$HELP' same_map '$WORK/gpu1/evaluate' '$WORK/ort/evaluate' 0.5"
 else
-    echo "SKIP ddp_2_gpus: $gpus GPU(s)"
+    echo "SKIP ddp_2_gpus, fsdp_2_gpus, engine_gpu_1: $gpus GPU(s)"
 fi
 
 echo "SUMMARY: $passed passed, $failed failed${failures[*]:+ (${failures[*]})}; logs in $WORK"

@@ -220,3 +220,66 @@ def test_report_sizes_count_weights_not_optimizer_state(tiny_checkpoint: Path, t
     torch.save(info.state_dict, buffer)
     assert weights_bytes(training) == weights_bytes(tiny_checkpoint) == buffer.tell()
     assert training.stat().st_size > 2 * weights_bytes(training)
+
+
+def test_quantize_device_plan_reaches_calibration_and_evaluation(
+    spec_args: list[str], spec_checkpoint: Path, monkeypatch, caplog
+) -> None:
+    """quantize.device: a GPU this machine lacks is one line before any work; an existing one reaches the
+    back end and the before/after evaluation; without CUDA the CPU, with one notice."""
+    import logging
+
+    import torch
+
+    import ddetr.deploy.quantize as quantize_module
+    import ddetr.runtime
+    from ddetr.runtime import devices
+
+    monkeypatch.setattr(devices, "_noticed", set())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    spec = _section(spec_args, f"quantize.model_path={spec_checkpoint}", "quantize.device=cuda:2")
+    with pytest.raises(SpecError, match=r"^quantize\.device: GPU 2 does not exist \(this machine has 2 GPU"):
+        quantize.run(spec)
+    assert not (Path(spec.results_dir) / "quantize").exists()
+
+    seen: list[tuple[str, str]] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_quantize(plan, spec, device="cpu"):
+        seen.append(("quantize", device))
+        return {"output": str(plan.model_path), "float_model": str(plan.model_path), "quantization": {}}
+
+    def fake_load(path, *, device="cpu", encryption_key=None):
+        seen.append(("evaluate", device))
+        raise Stop
+
+    monkeypatch.setattr(quantize_module, "quantize", fake_quantize)
+    monkeypatch.setattr(ddetr.runtime, "load_predictor", fake_load)
+    with pytest.raises(Stop):
+        quantize.run(_section(spec_args, f"quantize.model_path={spec_checkpoint}", "quantize.device=cuda:1"))
+    assert seen == [("quantize", "cuda:1"), ("evaluate", "cuda:1")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="ddetr.runtime.devices"), pytest.raises(Stop):
+        quantize.run(_section(spec_args, f"quantize.model_path={spec_checkpoint}", "quantize.device=cuda:1"))
+    assert seen[2:] == [("quantize", "cpu"), ("evaluate", "cpu")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "No GPU found: quantize.device=cuda:1 runs on the CPU."
+    ]
+
+
+def test_modelopt_onnx_calibration_providers() -> None:
+    from ddetr.deploy.quantize_modelopt import calibration_eps
+
+    assert calibration_eps(None) == ["cpu"]
+    assert calibration_eps(["CPUExecutionProvider"]) == ["cpu"]
+    assert calibration_eps(
+        [
+            ("TensorrtExecutionProvider", {"device_id": 1}),
+            ("CUDAExecutionProvider", {"device_id": 1}),
+            "CPUExecutionProvider",
+        ]
+    ) == ["trt", "cuda:1", "cpu"]
+    assert calibration_eps([("CUDAExecutionProvider", {"device_id": 0})]) == ["cuda:0", "cpu"]

@@ -145,6 +145,76 @@ def test_gen_trt_engine_action_without_tensorrt(
         gen_trt_engine.run(_spec(spec_args))
 
 
+def _tensorrt_and_gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    # TensorRT "installed" and `count` CUDA devices: only the device plan runs, never TensorRT itself
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "10.0"
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_gen_trt_engine_builds_on_gpu_id(
+    spec_args: list[str], tiny_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ddetr.deploy.tensorrt as tensorrt_module
+
+    calls: list[int] = []
+
+    def fake_build(settings, card, encryption_key=None, gpu=0):
+        calls.append(gpu)
+        Path(settings.engine_file).write_bytes(b"engine")
+        return Path(settings.engine_file)
+
+    monkeypatch.setattr(tensorrt_module, "build_engine", fake_build)
+    _tensorrt_and_gpus(monkeypatch, 2)
+    result = gen_trt_engine.run(
+        _spec(spec_args, f"gen_trt_engine.onnx_file={tiny_onnx}", "gen_trt_engine.gpu_id=1")
+    )
+    assert calls == [1] and result.trt_engine.read_bytes() == b"engine"
+    spec = _spec(spec_args, f"gen_trt_engine.onnx_file={tiny_onnx}", "gen_trt_engine.gpu_id=2")
+    with pytest.raises(SpecError) as info:
+        gen_trt_engine.run(spec)
+    assert str(info.value).startswith(
+        "gen_trt_engine.gpu_id: GPU 2 does not exist (this machine has 2 GPU(s)"
+    )
+    assert calls == [1]  # refused before any build
+    events = read_status(Path(spec.results_dir) / "gen_trt_engine" / "status.json")
+    assert events[-1]["status"] == "FAILURE" and "gen_trt_engine.gpu_id" in events[-1]["message"]
+
+
+def test_build_engine_makes_gpu_id_the_current_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT builds on the current CUDA device: build_engine enters ``torch.cuda.device(gpu)`` first."""
+    import contextlib
+
+    import ddetr.deploy.tensorrt as tensorrt_module
+
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def fake_device(index):
+        events.append(f"enter {index}")
+        try:
+            yield
+        finally:
+            events.append(f"exit {index}")
+
+    class Stop(Exception):
+        pass
+
+    def fake_build(trt, settings, card, encryption_key, gpu):
+        events.append(f"build on {gpu}")
+        raise Stop
+
+    monkeypatch.setattr(tensorrt_module, "require_tensorrt", lambda: object())
+    monkeypatch.setattr(torch.cuda, "device", fake_device)
+    monkeypatch.setattr(tensorrt_module, "_build", fake_build)
+    settings = tensorrt_module.TrtBuildSettings("m.onnx", "m.engine", "FP32", 1, (3, 64, 96), 1, 1, 1)
+    with pytest.raises(Stop):
+        tensorrt_module.build_engine(settings, META, gpu=3)
+    assert events == ["enter 3", "build on 3", "exit 3"]
+
+
 def test_engine_without_sidecar(tmp_path: Path) -> None:
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"x")

@@ -180,6 +180,10 @@ def test_two_processes_equal_one_process_with_twice_the_batch(
     assert kpi["val_mAP50"] == pytest.approx(result.test_mAP50, abs=1e-6)
     assert kpi["val_mAP50"] > 0  # a comparison of something, not of two zeros
     assert _val_kpis(one)[-1]["val_mAP"] == pytest.approx(kpi["val_mAP"], abs=1e-3)
+    # val_loss counts each of the 7 images once (rank 1's repeat of image 0 left out): the 1-process value
+    val_loss2, val_loss1 = kpi["val_loss"], _val_kpis(one)[-1]["val_loss"]
+    print(f"val_loss, 2 processes x 8: {val_loss2:.6f}; 1 process x 16: {val_loss1:.6f}")
+    assert abs(val_loss2 - val_loss1) <= 10 * LOSS_RTOL * abs(val_loss1)
 
 
 def _children(pid: int) -> list[int]:

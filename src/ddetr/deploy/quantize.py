@@ -1,10 +1,12 @@
 """``quantize`` back ends behind one function: checks, the quantized artefact, and its before/after report.
 
-Back ends (``quantize.backend``), all run on the CPU:
+Back ends (``quantize.backend``); ``quantize.device`` decides where calibration runs (the task's device plan,
+:func:`ddetr.runtime.devices.quantize_device`):
 
 - ``onnxruntime`` (+), ``static_ptq``: QDQ INT8 of the ONNX export (:mod:`ddetr.deploy.quantize_onnx`);
   a ``.pth`` model_path is exported first (standard ops, fixed ``export.input_width/height``).
-- ``torchao``, ``weight_only_ptq``: int8 weights of every linear (:mod:`ddetr.deploy.quantize_torchao`).
+- ``torchao``, ``weight_only_ptq``: int8 weights of every linear (:mod:`ddetr.deploy.quantize_torchao`),
+  rounded on the CPU on any device (no forward pass: a GPU would not change the weights).
 - ``modelopt.pytorch``, ``static_ptq`` or ``weight_only_ptq``: NVIDIA ModelOpt's fake quantization of the
   checkpoint; the artefact is a ddetr checkpoint that records ModelOpt's state, so ``evaluate``,
   ``inference`` and ``export`` (ONNX with Q/DQ nodes) load it (ModelOpt needed there too).
@@ -206,8 +208,16 @@ def onnx_input(
     return result.onnx_file
 
 
-def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
-    """Run the plan; returns ``{"output", "float_model", "quantization"}`` (paths as str)."""
+def quantize(plan: QuantizePlan, spec: Any, device: str = "cpu") -> dict[str, Any]:
+    """Run the plan; returns ``{"output", "float_model", "quantization"}`` (paths as str).
+
+    Args:
+        plan: from :func:`plan_quantization`.
+        spec: the experiment spec.
+        device: ``"cpu"`` or ``"cuda:<N>"`` (:func:`ddetr.runtime.devices.quantize_device`): where the
+            calibration images run (``modelopt.pytorch``'s forward passes, ONNX Runtime's or ModelOpt's
+            calibration sessions); the artefact is written with CPU tensors either way.
+    """
     from ddetr.crypto import plain_copy
     from ddetr.data.calibration import calibration_batches, list_calibration_images
 
@@ -230,11 +240,14 @@ def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
             algorithm=spec.quantize.algorithm,
             calibration=_torch_calibration(plan, spec) if plan.needs_calibration else None,
             encryption_key=key,
+            device=device,
         )
         return {"output": str(plan.output), "float_model": str(plan.model_path), "quantization": note}
 
     from ddetr.artefacts.onnx_file import read_card
+    from ddetr.runtime.devices import calibration_providers
 
+    providers = calibration_providers(device, tensorrt=spec.quantize.device == "trt")
     with tempfile.TemporaryDirectory(dir=plan.output.parent, prefix=".quantize.") as tmp:
         float_onnx = onnx_input(plan, spec.export, Path(tmp), key)
         # the quantizers read paths: an encrypted input is decrypted into this temporary folder
@@ -265,6 +278,7 @@ def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
                 calibrate_method=spec.quantize.algorithm,
                 activation_type=plan.options["activation_type"],
                 encryption_key=key,
+                providers=providers,
             )
         else:
             from ddetr.deploy.quantize_modelopt import quantize_onnx_modelopt
@@ -278,6 +292,7 @@ def quantize(plan: QuantizePlan, spec: Any) -> dict[str, Any]:
                 keep_float=keep_float,
                 algorithm=spec.quantize.algorithm,
                 encryption_key=key,
+                providers=providers,
             )
         float_model = plan.model_path
         if float_onnx != plan.model_path:  # keep the float export beside the quantized file, for the report

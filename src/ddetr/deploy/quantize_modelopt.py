@@ -1,4 +1,5 @@
-"""NVIDIA ModelOpt back ends of ``quantize``, run on the CPU: ``modelopt.pytorch`` and ``modelopt.onnx``.
+"""NVIDIA ModelOpt back ends of ``quantize``: ``modelopt.pytorch`` and ``modelopt.onnx``, calibrated on
+``quantize.device`` (the CPU without a GPU).
 
 ``modelopt.pytorch`` (``static_ptq`` or ``weight_only_ptq``): ModelOpt's fake quantization of the PyTorch model
 (``modelopt.torch.quantization``): int8 per-output-channel symmetric weights and, in ``static_ptq``, int8
@@ -16,7 +17,8 @@ uint8 on x86, and on a CPU without VNNI its kernels then overflow int16 with ful
 boxes moved by 0.054 from the PyTorch model's on such a CPU in the tests; 0.0000 unfused).
 
 ``modelopt.onnx`` (``static_ptq``): ModelOpt's ONNX INT8 quantization, which places Q/DQ nodes following
-TensorRT's rules (also on residual additions and pooling), with the CPU execution provider for calibration,
+TensorRT's rules (also on residual additions and pooling), with ONNX Runtime's CPU execution provider for
+calibration (CUDA's on a GPU, TensorRT's too with ``quantize.device=trt``, when the installed ONNX Runtime has them),
 int8 weights stored with a DequantizeLinear only and float32 for everything kept float. It runs in a child
 process: ModelOpt patches ONNX Runtime's calibration classes for good when it quantizes, which would break the
 ``onnxruntime`` back end in the same process afterwards.
@@ -140,6 +142,7 @@ def quantize_checkpoint_modelopt(
     algorithm: str = "minmax",
     calibration: Callable[[Sequence[float], Sequence[float]], Iterable[np.ndarray]] | None = None,
     encryption_key: str | None = None,
+    device: str = "cpu",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Quantize a ddetr checkpoint with ModelOpt (fake quantization) and write the quantized checkpoint.
 
@@ -153,9 +156,11 @@ def quantize_checkpoint_modelopt(
         calibration: ``calibration(mean, std)`` -> float32 batches (B, 3, H, W) normalised with the checkpoint's
             mean and std, resized as evaluation resizes (static_ptq; unused in weight_only_ptq).
         encryption_key: reads an encrypted checkpoint; when non-empty ``out`` is written encrypted.
+        device: where the calibration batches run (``"cpu"`` or ``"cuda:<N>"``); the checkpoint is written
+            from the CPU.
 
     Returns:
-        The quantized model (eval mode, fake-quant) and the ``quantization`` note written into the checkpoint.
+        The quantized model (eval mode, fake-quant, on the CPU) and the ``quantization`` note written into the checkpoint.
 
     Raises:
         UnavailableError: ModelOpt missing. CheckpointError: already quantized. SpecError: unknown algorithm, or
@@ -189,12 +194,13 @@ def quantize_checkpoint_modelopt(
     def forward_loop(module: nn.Module) -> None:
         nonlocal images
         for batch in calibration(loaded.card.mean, loaded.card.std) if calibration else ():
-            module(torch.from_numpy(batch))
+            module(torch.from_numpy(batch).to(device))
             images += batch.shape[0]
 
     with torch.no_grad(), quiet():
         config = quant_config(chosen, TORCH_ALGORITHMS[algorithm])
-        model = mtq.quantize(model, config, forward_loop=forward_loop if static else None)
+        model = mtq.quantize(model.to(device), config, forward_loop=forward_loop if static else None)
+        model = model.to("cpu")  # the file holds CPU tensors, whatever device calibrated
         reduced = reduce_weight_range(model) if static else 0
     model.eval()
     state_dict = dict(model.state_dict())
@@ -255,8 +261,9 @@ def quantize_onnx_modelopt(
     keep_float: Sequence[str],
     algorithm: str = "minmax",
     encryption_key: str | None = None,
+    providers: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
-    """ModelOpt INT8 PTQ of a ddetr ONNX export (QDQ following TensorRT's rules), on the CPU.
+    """ModelOpt INT8 PTQ of a ddetr ONNX export (QDQ following TensorRT's rules).
 
     Args:
         float_onnx: a plain (not encrypted) standard-op ddetr export.
@@ -266,6 +273,8 @@ def quantize_onnx_modelopt(
         rules, keep_float: which Conv/MatMul/Gemm nodes are quantized (:func:`onnx_nodes_to_exclude`).
         algorithm: ``minmax``/``max`` (ModelOpt ``max``) or ``entropy``.
         encryption_key: when non-empty, ``output`` is written encrypted (never plain under its final name).
+        providers: ONNX Runtime providers to calibrate with (:func:`ddetr.runtime.devices.calibration_providers`);
+            None: the CPU.
 
     Returns:
         The ``quantization`` note.
@@ -300,6 +309,7 @@ def quantize_onnx_modelopt(
             "calibration_method": ONNX_ALGORITHMS[algorithm],
             # ModelOpt reads these as regular expressions matched at the start of node names
             "nodes_to_exclude": [re.escape(name) + "$" for name in excluded],
+            "calibration_eps": calibration_eps(providers),
         }
         (work / "args.json").write_text(json.dumps(args))
         _run_onnx_worker(work / "args.json")
@@ -320,6 +330,30 @@ def quantize_onnx_modelopt(
         write_bytes_atomic(out, quantized.SerializeToString(), encryption_key)
     logger.info("ModelOpt ONNX INT8: %s -> %s (%d nodes kept float).", float_onnx, out, len(excluded))
     return note
+
+
+def calibration_eps(providers: Sequence[Any] | None) -> list[str]:
+    """ModelOpt's names (``trt``, ``cuda:N``, ``cpu``) of ONNX Runtime execution providers, in order.
+
+    Args:
+        providers: names or ``(name, {"device_id": N})`` pairs (:func:`ddetr.runtime.devices.calibration_providers`).
+    """
+    names = {
+        "TensorrtExecutionProvider": "trt",
+        "CUDAExecutionProvider": "cuda",
+        "CPUExecutionProvider": "cpu",
+    }
+    eps: list[str] = []
+    for provider in providers or ():
+        name, options = provider if isinstance(provider, tuple) else (provider, {})
+        short = names.get(name)
+        if short == "cuda":
+            short = f"cuda:{int(options.get('device_id', 0))}"
+        if short and short not in eps:
+            eps.append(short)
+    if "cpu" not in eps:
+        eps.append("cpu")
+    return eps
 
 
 def _run_onnx_worker(args_file: Path) -> None:
@@ -353,7 +387,6 @@ def _onnx_worker(args_file: str) -> None:
     quantize(
         quantize_mode="int8",
         calibration_data={input_name: data},
-        calibration_eps=["cpu"],
         # keep what is not quantized in float32 (the default fp16 is slower and less exact on the CPU), and
         # store the int8 weights with a DequantizeLinear only (4x smaller than float weights + Q/DQ)
         high_precision_dtype="fp32",

@@ -80,6 +80,7 @@ def quantize_onnx_static(
     activation_type: str = "uint8",
     reduce_range: bool = True,
     encryption_key: str | None = None,
+    providers: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
     """Quantize ``onnx_in`` to QDQ INT8 and write ``onnx_out`` atomically (metadata copied, quantization noted).
 
@@ -96,6 +97,8 @@ def quantize_onnx_static(
             the file says only on x86 CPUs with VNNI (AVX512-VNNI or AVX-VNNI).
         encryption_key: when non-empty, ``onnx_out`` is written encrypted (``onnx_in`` must be a plain file:
             ONNX Runtime's quantizer reads paths).
+        providers: ONNX Runtime execution providers of the calibration session
+            (:func:`ddetr.runtime.devices.calibration_providers`); None: the CPU.
 
     Returns:
         The ``quantization`` entry written into the metadata.
@@ -141,6 +144,7 @@ def quantize_onnx_static(
             reduce_range=reduce_range,
             nodes_to_exclude=excluded,
             calibrate_method=methods[calibrate_method],
+            calibration_providers=list(providers) if providers else ["CPUExecutionProvider"],
             extra_options={
                 "WeightSymmetric": True,
                 "ActivationSymmetric": False,

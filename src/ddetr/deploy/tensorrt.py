@@ -179,8 +179,11 @@ def calibration_stream(settings: TrtBuildSettings, card: ModelCard) -> Iterator[
     )
 
 
-def make_calibrator(trt: Any, batches: Iterator[np.ndarray], batch_size: int, cache_file: str) -> Any:
-    """A TensorRT entropy calibrator (v2) feeding ``batches`` through a CUDA buffer; cache at ``cache_file``."""
+def make_calibrator(
+    trt: Any, batches: Iterator[np.ndarray], batch_size: int, cache_file: str, gpu: int = 0
+) -> Any:
+    """A TensorRT entropy calibrator (v2) feeding ``batches`` through a buffer on CUDA device ``gpu``; cache at
+    ``cache_file``."""
     import torch
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
@@ -196,7 +199,7 @@ def make_calibrator(trt: Any, batches: Iterator[np.ndarray], batch_size: int, ca
             batch = next(self.batches, None)
             if batch is None:
                 return None
-            self.buffer = torch.from_numpy(batch).to("cuda").contiguous()
+            self.buffer = torch.from_numpy(batch).to(f"cuda:{gpu}").contiguous()
             return [int(self.buffer.data_ptr())]
 
         def read_calibration_cache(self) -> bytes | None:
@@ -212,18 +215,31 @@ def make_calibrator(trt: Any, batches: Iterator[np.ndarray], batch_size: int, ca
     return _Calibrator()
 
 
-def build_engine(settings: TrtBuildSettings, card: ModelCard, encryption_key: str | None = None) -> Path:
+def build_engine(
+    settings: TrtBuildSettings, card: ModelCard, encryption_key: str | None = None, gpu: int = 0
+) -> Path:
     """Parse the ONNX file and build a serialized engine (TensorRT 10 API), written atomically with its sidecar.
 
     With ``encryption_key`` an encrypted ONNX file is decrypted in memory and the engine is written encrypted
-    (the sidecar stays plain JSON: class names, sizes, build settings).
+    (the sidecar stays plain JSON: class names, sizes, build settings). TensorRT builds (and calibrates) on
+    the current CUDA device, which is ``gpu`` during the build (``gen_trt_engine.gpu_id``, checked by
+    :func:`ddetr.runtime.devices.trt_build_gpu`).
 
     Raises:
         UnavailableError: no TensorRT or no GPU. DataError: too few calibration images.
         SpecError: a layers_precision name that is not in the network. RuntimeError-free: parser and build
         failures become a one-line UnavailableError/SpecError naming TensorRT's first error.
     """
+    import torch
+
     trt = require_tensorrt()
+    with torch.cuda.device(gpu):
+        return _build(trt, settings, card, encryption_key, gpu)
+
+
+def _build(
+    trt: Any, settings: TrtBuildSettings, card: ModelCard, encryption_key: str | None, gpu: int
+) -> Path:
     trt_logger = trt.Logger(trt.Logger.VERBOSE if settings.verbose else trt.Logger.WARNING)
     load_plugin_libraries(trt, trt_logger)
     builder = trt.Builder(trt_logger)
@@ -245,7 +261,7 @@ def build_engine(settings: TrtBuildSettings, card: ModelCard, encryption_key: st
         have_cache = cal is not None and cal.cache_file and Path(cal.cache_file).is_file()
         batches = iter(()) if have_cache else calibration_stream(settings, card)
         config.int8_calibrator = make_calibrator(
-            trt, batches, cal.batch_size if cal else 1, cal.cache_file if cal else ""
+            trt, batches, cal.batch_size if cal else 1, cal.cache_file if cal else "", gpu
         )
         config.set_calibration_profile(profile)
     _pin_layer_precisions(trt, network, config, settings.layers_precision)

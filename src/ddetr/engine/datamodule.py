@@ -46,7 +46,7 @@ class DetectionDataModule(pl.LightningDataModule):
     images is not a multiple of the world size, the last ``len % world_size`` images of that epoch's
     permutation are left out (drop_last of the sampler; other images each epoch). Validation is split the
     same way without shuffling, padded with repeats so that every rank runs the same number of batches (the
-    repeats are removed before COCO evaluation).
+    repeats are removed before COCO evaluation and left out of ``val_loss``, see :func:`shard_real_count`).
 
     Args:
         spec: the validated experiment spec.
@@ -156,6 +156,26 @@ def val_sampler(num_images: int, rank: int, world_size: int) -> DistributedSampl
         shuffle=False,
         drop_last=False,
     )
+
+
+def shard_real_count(sampler: Any) -> int | None:
+    """How many samples of a rank's shard are its own: a :class:`DistributedSampler` without ``drop_last`` pads
+    the shards to equal length with repeats of the first images, and those are the last sample of a shard.
+
+    Position ``p`` of rank ``r``'s shard is global position ``r + p * world_size`` of the padded list;
+    positions from ``len(dataset)`` on are repeats.
+
+    Args:
+        sampler: a DataLoader's sampler.
+
+    Returns:
+        The number of leading samples that are not repeats, or None for any other sampler (no repeats).
+    """
+    if not isinstance(sampler, DistributedSampler):
+        return None
+    num_images = len(sampler.dataset)  # type: ignore[arg-type]
+    own = len(range(sampler.rank, num_images, sampler.num_replicas))
+    return min(int(sampler.num_samples), own)
 
 
 def validate(train_pairs: list[tuple[str, str]], val_pairs: list[tuple[str, str]], num_classes: int) -> None:

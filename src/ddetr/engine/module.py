@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,9 +23,11 @@ from ddetr.artefacts.checkpoint import (
     lightning_entry,
     state_dict_mismatch,
 )
+from ddetr.engine.datamodule import shard_real_count
 from ddetr.errors import CheckpointError, TrainingError
-from ddetr.model.criterion import LOSS_NAMES, build_criterion
+from ddetr.model.criterion import LOSS_NAMES, build_criterion, global_num_boxes
 from ddetr.model.detector import DeformableDETR
+from ddetr.model.outputs import DetectionOutput
 from ddetr.model.predict import decode
 from ddetr.spec.sections import ModelSection
 
@@ -91,7 +94,9 @@ class DetectionModule(pl.LightningModule):
         self.coco_gt = coco_gt
         self.eval_class_ids = eval_class_ids
         self._evaluator = None
-        self._val_losses: list[float] = []
+        # per validation batch: this rank's loss and how many of its images are not padding repeats
+        self._val_losses: list[tuple[float, int]] = []
+        self._val_seen = 0
         self._train_losses: list[float] = []
         self.last_val_metrics: dict[str, Any] = {}
         #: the last validation's evaluator (its detections and COCOeval), for sample pictures and PR curves
@@ -143,6 +148,7 @@ class DetectionModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_losses = []
+        self._val_seen = 0
         self._evaluator = None
         if self.coco_gt is not None:
             from ddetr.eval.coco import CocoEvaluator
@@ -150,10 +156,24 @@ class DetectionModule(pl.LightningModule):
             self._evaluator = CocoEvaluator(self.coco_gt, eval_class_ids=self.eval_class_ids)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        images, _, targets = batch
-        total, _, outputs = self._losses(batch)
-        self._val_losses.append(float(total))
-        self.log(VAL_LOSS, total, on_step=False, on_epoch=True, batch_size=images.shape[0], sync_dist=True)
+        images, mask, targets = batch
+        outputs = self.model(images, mask)
+        # under DDP the last sample of a shard can be a repeat that pads the shards to one length: it is left
+        # out of the loss (the criterion still runs on every rank: its box count is a collective)
+        own = len(targets)
+        real = self._val_real_count()
+        if real is not None:
+            own = max(0, min(own, real - self._val_seen))
+        self._val_seen += len(targets)
+        if own == len(targets):
+            total = self.criterion.weighted_total(self.criterion(outputs, targets))
+        elif own > 0:
+            kept = first_images(outputs, own)
+            total = self.criterion.weighted_total(self.criterion(kept, targets[:own]))
+        else:  # only repeats: take part in the box count's all-reduce, add nothing
+            global_num_boxes([], outputs.pred_logits.device)
+            total = torch.zeros(())
+        self._val_losses.append((float(total), own))
         if self._evaluator is None:
             return
         sizes = torch.stack([t["orig_size"] for t in targets]).to(outputs.pred_boxes.device)
@@ -170,10 +190,37 @@ class DetectionModule(pl.LightningModule):
             self.log(VAL_MAP, metrics[VAL_MAP], prog_bar=True, sync_dist=True)  # equal on every rank
             self.log(VAL_MAP50, metrics[VAL_MAP50], prog_bar=True, sync_dist=True)
             self.last_val_evaluator = self._evaluator
-        loss_sum, count = self._reduce_sum([sum(self._val_losses), len(self._val_losses)])
-        if count:
-            metrics[VAL_LOSS] = float(loss_sum / count)
+        val_loss = self._val_loss()
+        if val_loss is not None:
+            metrics[VAL_LOSS] = val_loss
+            self.log(VAL_LOSS, val_loss, sync_dist=True)  # equal on every rank
         self.last_val_metrics = metrics
+
+    def _val_real_count(self) -> int | None:
+        """Samples of this rank's validation shard that are not padding repeats (None: all of them)."""
+        if self._trainer is None:
+            return None
+        loaders = self.trainer.val_dataloaders
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if len(loaders) == 1 else None
+        return shard_real_count(getattr(loaders, "sampler", None))
+
+    def _val_loss(self) -> float | None:
+        """The validation loss of every image once: the image-weighted mean of the global batches' losses.
+
+        Every rank runs the same number of batches; batch k's loss over all ranks is the mean of the ranks'
+        losses (each normalised by the mean box count per rank, as in training) and its weight the number of
+        images that are not repeats. One process: Lightning's batch-size-weighted mean of the batch losses.
+        """
+        if not self._val_losses:
+            return None
+        values = torch.tensor(self._val_losses, dtype=torch.float64)  # (K, 2): loss, own images
+        if self._distributed():
+            values = values.to(self.device)
+            torch.distributed.all_reduce(values)
+            values = values.cpu()
+            values[:, 0] /= self.trainer.world_size
+        return combine_batch_losses(values[:, 0].tolist(), values[:, 1].tolist())
 
     def _distributed(self) -> bool:
         return (
@@ -182,14 +229,6 @@ class DetectionModule(pl.LightningModule):
             and torch.distributed.is_available()
             and torch.distributed.is_initialized()
         )
-
-    def _reduce_sum(self, values: list[float]) -> list[float]:
-        # every rank reaches validation epoch end: the sums over ranks (float64 on the rank's device)
-        if not self._distributed():
-            return [float(v) for v in values]
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(tensor)
-        return [float(v) for v in tensor.tolist()]
 
     def _distributed_map(self) -> dict[str, float]:
         """COCO mAP of the whole validation set: under DDP the ranks' detections are gathered, the repeats
@@ -296,6 +335,35 @@ class DetectionModule(pl.LightningModule):
             problems = describe_mismatch(*state_dict_mismatch(ours, given))
             if problems:
                 raise CheckpointError(f"{where}: weights do not fit the spec's model: {problems}")
+
+
+def first_images(outputs: DetectionOutput, count: int) -> DetectionOutput:
+    """The predictions of the first ``count`` images of a batch (every layer: last, auxiliary, encoder)."""
+
+    def cut(layer: Any) -> Any:
+        return replace(layer, pred_logits=layer.pred_logits[:count], pred_boxes=layer.pred_boxes[:count])
+
+    return replace(
+        cut(outputs),
+        aux_outputs=[cut(layer) for layer in outputs.aux_outputs],
+        enc_outputs=None if outputs.enc_outputs is None else cut(outputs.enc_outputs),
+    )
+
+
+def combine_batch_losses(losses: list[float], images: list[int | float]) -> float | None:
+    """The image-weighted mean of per-batch losses (what Lightning's epoch mean with ``batch_size`` gives).
+
+    Args:
+        losses: each validation batch's loss.
+        images: each batch's number of images counted (repeats excluded); 0 leaves the batch out.
+
+    Returns:
+        The mean, or None when no image was counted.
+    """
+    total = sum(images)
+    if not total:
+        return None
+    return float(sum(loss * n for loss, n in zip(losses, images)) / total)
 
 
 def merge_rank_detections(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

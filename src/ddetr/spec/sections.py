@@ -601,7 +601,8 @@ class QuantizeSection(Section):
     device: str = spec_field(
         "cuda",
         pattern=r"^(cpu|cuda(:\d+)?|trt)$",
-        description="cpu | cuda | cuda:N | trt; ddetr's back ends calibrate on the CPU (a warning says so)",
+        description="cpu | cuda | cuda:N | trt: where calibration and the before/after mAP run (the CPU with "
+        "a notice when there is no GPU)",
     )
     results_dir: str = spec_field("", description="empty: <results_dir>/quantize")
 
@@ -641,7 +642,7 @@ class GenTrtEngineSection(Section):
         "", description="output path; empty or ???: <results_dir>/gen_trt_engine/<onnx stem>.engine"
     )
     timing_cache: str = spec_field("")
-    gpu_id: int = spec_field(0, ge=0, inert=True)
+    gpu_id: int = spec_field(0, ge=0, description="the GPU TensorRT builds (and calibrates) the engine on")
     batch_size: int = spec_field(-1, ge=-1, description="-1: dynamic")
     verbose: bool = spec_field(False)
     results_dir: str = spec_field("", description="empty: <results_dir>/gen_trt_engine")

@@ -102,13 +102,13 @@ def open_predictor(spec: Spec, action: str) -> Predictor:
     (:func:`ddetr.runtime.devices.run_device`), else on the CPU.
 
     Raises:
-        SpecError: no model file given. CheckpointError / UnavailableError: the file cannot be run here.
+        SpecError: no model file given, or the first of ``gpu_ids`` is not a GPU of this machine. CheckpointError / UnavailableError: the file cannot be run here.
     """
     from ddetr.runtime import load_predictor
     from ddetr.runtime.devices import run_device
 
     section = getattr(spec, action)
-    device = run_device(section.num_gpus, section.gpu_ids)
+    device = run_device(section.num_gpus, section.gpu_ids, field=f"{action}.gpu_ids")
     predictor = load_predictor(model_path(spec, action), device=device, encryption_key=spec.encryption_key)
     if predictor.backend == "pytorch":
         merge_model_from_checkpoint(spec.model, predictor.card.model.model_dump())  # warns on differences

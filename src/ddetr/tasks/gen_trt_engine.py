@@ -61,11 +61,15 @@ def plan(spec: Spec) -> tuple[TrtBuildSettings, ModelCard]:
 def run(spec: Spec) -> GenTrtEngineResult:
     """Build the engine; writes it, its ``.json`` sidecar and status.json under ``<results_dir>/gen_trt_engine``.
 
+    The engine is built on ``gen_trt_engine.gpu_id`` (:func:`ddetr.runtime.devices.trt_build_gpu`).
+
     Raises:
-        SpecError / CheckpointError / DataError: one line, before any work.
+        SpecError / CheckpointError / DataError: one line, before any work (``gpu_id`` not a GPU of this
+            machine is a SpecError before the build).
         UnavailableError: TensorRT or a GPU is missing.
     """
     from ddetr.deploy.tensorrt import build_engine
+    from ddetr.runtime.devices import trt_build_gpu
     from ddetr.runtime.trt import require_tensorrt
     from ddetr.status import StatusLogger
     from ddetr.tasks.common import prepare_results_dir
@@ -75,6 +79,7 @@ def run(spec: Spec) -> GenTrtEngineResult:
     status = StatusLogger(out_dir / "status.json")
     with status.action(f"Building a {settings.data_type} engine from {settings.onnx_file}."):
         require_tensorrt()
-        engine = build_engine(settings, card, encryption_key=spec.encryption_key)
+        gpu = trt_build_gpu(spec.gen_trt_engine.gpu_id)
+        engine = build_engine(settings, card, encryption_key=spec.encryption_key, gpu=gpu)
         status.write(status="SUCCESS", message=f"Engine written: {engine}.")
         return GenTrtEngineResult(trt_engine=Path(engine), data_type=settings.data_type)

@@ -51,13 +51,18 @@ def run(spec: Spec) -> QuantizeResult:
         The report's facts: both models, their weight and file sizes and, with test or validation data, their
         mAPs.
 
+    Calibration and the before/after evaluation run on ``quantize.device``
+    (:func:`ddetr.runtime.devices.quantize_device`: the GPU it names, the CPU with one notice without CUDA).
+
     Raises:
-        SpecError / CheckpointError / UnavailableError: one line, before any work.
+        SpecError / CheckpointError / UnavailableError: one line, before any work (a GPU this machine does
+            not have is a SpecError).
     """
     from ddetr.artefacts.card import card_for_spec
     from ddetr.deploy.quantize import plan_quantization, quantize
     from ddetr.fileio import atomic_write_text
     from ddetr.runtime import load_predictor
+    from ddetr.runtime.devices import quantize_device
     from ddetr.runtime.evaluation import evaluate_predictor
     from ddetr.status import StatusLogger
     from ddetr.tasks.common import action_dir, prepare_results_dir
@@ -68,22 +73,16 @@ def run(spec: Spec) -> QuantizeResult:
     plan = plan_quantization(
         section, spec.dataset.quant_calibration_data_sources, action_dir(spec, "quantize")
     )
+    device = quantize_device(section.device)
     out_dir = prepare_results_dir(spec, "quantize")
     status = StatusLogger(out_dir / "status.json")
     with status.action(f"Quantizing {plan.model_path} with {plan.backend} ({plan.mode})."):
-        if (
-            section.device.startswith("cuda") or section.device == "trt"
-        ):  # every back end here runs on the CPU
-            import torch
-
-            why = "ddetr's quantize back ends run on the CPU" if torch.cuda.is_available() else "no GPU found"
-            logger.warning("quantize.device=%s: quantizing on the CPU (%s).", section.device, why)
-        done = quantize(plan, spec)
+        done = quantize(plan, spec, device)
         key = spec.encryption_key or None
         report: dict[str, Any] = {
             "backend": plan.backend,
             "mode": plan.mode,
-            "device": "cpu",
+            "device": device,
             "float_model": done["float_model"],
             "quantized_model": done["output"],
             "quantization": done["quantization"],
@@ -101,7 +100,7 @@ def run(spec: Spec) -> QuantizeResult:
         if pairs:
             scores = []
             for model_file in (done["float_model"], done["output"]):
-                predictor = load_predictor(model_file, encryption_key=key)
+                predictor = load_predictor(model_file, device=device, encryption_key=key)
                 predictor.card = card_for_spec(predictor.card, spec)
                 scores.append(evaluate_predictor(predictor, pairs, batch_size=1))
             before, after = scores
