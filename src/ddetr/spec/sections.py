@@ -206,6 +206,11 @@ class ModelSection(Section):
         description="(+) feed-forward activation of the encoder and decoder layers (Hugging Face's "
         "activation_function)",
     )
+    position_embedding: Literal["sine", "learned"] = spec_field(
+        "sine",
+        description="(+) position embedding of the feature maps: sine (the original) or learned row/column "
+        "tables of 50 positions, feature maps at most 50x50 (Hugging Face's position_embedding_type)",
+    )
     dropout_ratio: float = spec_field(0.3, ge=0.0, lt=1.0)
     enc_n_points: int = spec_field(4, ge=1, le=MAX_POINTS)
     dec_n_points: int = spec_field(4, ge=1, le=MAX_POINTS)
@@ -252,6 +257,7 @@ class ModelSection(Section):
         "dim_feedforward",
         "dec_dim_feedforward",
         "activation",
+        "position_embedding",
         "enc_n_points",
         "dec_n_points",
         "dilation",
