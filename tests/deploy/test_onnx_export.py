@@ -148,8 +148,11 @@ def test_existing_output_replaced_atomically(tiny_checkpoint: Path, tmp_path: Pa
     [
         {"two_stage": True, "with_box_refine": True},
         {"num_feature_levels": 1, "return_interm_indices": [3], "with_box_refine": False},
+        {"activation": "gelu", "position_embedding": "learned"},
+        {"activation": "mish"},
+        {"activation": "gelu_new", "dec_dim_feedforward": 48},
     ],
-    ids=["two_stage", "single_scale_no_refine"],
+    ids=["two_stage", "single_scale_no_refine", "gelu_learned_positions", "mish", "gelu_new_dec_ffn"],
 )
 def test_variants_export_with_parity(changes: dict, make_checkpoint, tmp_path: Path) -> None:
     ckpt = make_checkpoint(**changes)

@@ -12,7 +12,7 @@ from ddetr.model import detector as detector_module
 from ddetr.model.detector import DeformableDETR
 from ddetr.model.msda import MSDeformAttn
 from ddetr.model.outputs import DetectionOutput
-from ddetr.model.position import PositionEmbeddingSine
+from ddetr.model.position import LEARNED_POSITIONS, PositionEmbeddingLearned, PositionEmbeddingSine
 from ddetr.model.transformer import DeformableTransformer
 from ddetr.spec.sections import ModelSection
 
@@ -107,6 +107,27 @@ def test_state_dict_layout_and_head_sharing() -> None:
     )
     assert "transformer.enc_output.weight" in two_stage.state_dict() and not hasattr(two_stage, "query_embed")
     assert all(torch.count_nonzero(h.layers[-1].bias) == 0 for h in two_stage.bbox_embed)
+
+
+def test_learned_position_embedding_layout_and_size_limit() -> None:
+    """model.position_embedding=learned: column then row tables, padding ignored, maps up to 50x50."""
+    model = _model(position_embedding="learned", num_feature_levels=1, return_interm_indices=[3])
+    embedding = model.position_embedding
+    assert isinstance(embedding, PositionEmbeddingLearned)
+    assert {"position_embedding.row_embed.weight", "position_embedding.col_embed.weight"} <= set(
+        model.state_dict()
+    )
+    mask = torch.zeros(2, 3, 5, dtype=torch.bool)
+    mask[1, :, 4:] = True
+    pos = embedding(mask)  # (B, 32, 3, 5)
+    assert pos.shape == (2, 32, 3, 5) and torch.equal(pos[0], pos[1])
+    assert torch.equal(pos[0, :16, 2, 4], embedding.col_embed.weight[4])
+    assert torch.equal(pos[0, 16:, 2, 4], embedding.row_embed.weight[2])
+    assert isinstance(_model().position_embedding, PositionEmbeddingSine)  # the default
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32 * LEARNED_POSITIONS, 64))  # a 50x2 map at stride 32
+        with pytest.raises(SpecError, match=r"51x2 feature map is larger than the 50x50 learned table"):
+            model(torch.randn(1, 3, 32 * (LEARNED_POSITIONS + 1), 64))
 
 
 def test_mask_none_means_no_padding() -> None:

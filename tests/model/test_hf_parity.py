@@ -21,10 +21,10 @@ SMALL = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=128
 
 
 def _hf_model(seed: int = 0, **kwargs):
-    kwargs.setdefault("backbone", "resnet50")
-    config = transformers.DeformableDetrConfig(
-        use_timm_backbone=True, use_pretrained_backbone=False, **kwargs
-    )
+    if "backbone_config" not in kwargs and kwargs.get("use_timm_backbone", True):
+        kwargs.setdefault("backbone", "resnet50")
+        kwargs["use_timm_backbone"] = True
+    config = transformers.DeformableDetrConfig(use_pretrained_backbone=False, **kwargs)
     torch.manual_seed(seed)
     model = transformers.DeformableDetrForObjectDetection(config).eval()
     # make every weight matter: the original init zeroes sampling/attention/box-output weights
@@ -135,10 +135,113 @@ def test_unknown_and_missing_keys_are_errors() -> None:
         convert_hf_state_dict(state_dict, config)
 
 
-def test_non_timm_backbone_is_rejected() -> None:
-    config = {"backbone_config": {"model_type": "resnet"}, "num_labels": 3}
-    with pytest.raises(CheckpointError, match=r"model_type 'resnet'"):
+def test_backbone_other_than_timm_or_resnet_is_rejected() -> None:
+    config = {"backbone_config": {"model_type": "swin"}, "num_labels": 3}
+    with pytest.raises(CheckpointError, match=r"model_type 'swin'"):
         convert_hf_state_dict({}, config)
+
+
+# ------------------------------------ transformers' own ResNet backbone (use_timm_backbone=False), learned positions
+
+
+def _hf_resnet(layer_type: str, depths: list[int], stages: list[int], **changes):
+    widths = [64, 128, 256, 512] if layer_type == "basic" else [256, 512, 1024, 2048]
+    return transformers.ResNetConfig(
+        layer_type=layer_type,
+        depths=depths,
+        hidden_sizes=widths,
+        out_features=[f"stage{i}" for i in stages],
+        **changes,
+    )
+
+
+HF_RESNETS = {
+    "resnet_18": ("basic", [2, 2, 2, 2]),
+    "resnet_34": ("basic", [3, 4, 6, 3]),
+    "resnet_50": ("bottleneck", [3, 4, 6, 3]),
+    "resnet_101": ("bottleneck", [3, 4, 23, 3]),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "stages", "levels", "position"),
+    [
+        ("resnet_18", [2, 3, 4], 4, "learned"),
+        ("resnet_34", [4], 1, "sine"),
+        ("resnet_50", [2, 3, 4], 4, "sine"),
+        ("resnet_101", [4], 3, "learned"),
+    ],
+)
+def test_transformers_resnet_backbone_matches_hf(
+    name: str, stages: list[int], levels: int, position: str, tmp_path
+) -> None:
+    """use_timm_backbone=False: HF's ResNet renamed onto torchvision's, through `ddetr import_weights`."""
+    from ddetr.cli import main
+
+    hf_model = _hf_model(
+        **dict(SMALL, num_feature_levels=levels, num_queries=20, num_labels=4, with_box_refine=levels > 1),
+        use_timm_backbone=False,
+        backbone_config=_hf_resnet(*HF_RESNETS[name], stages),
+        position_embedding_type=position,
+    )
+    hf_model.save_pretrained(tmp_path / "hf")
+    output = tmp_path / "imported.pth"
+    assert main(["import_weights", "--source", "hf", str(tmp_path / "hf"), str(output)]) == 0
+    model = DeformableDETR.from_checkpoint(output).eval()
+    assert model.model_config.backbone == name
+    assert model.model_config.return_interm_indices[: len(stages)] == [i - 1 for i in stages]
+    assert model.model_config.position_embedding == position
+    assert type(model.position_embedding).__name__ == f"PositionEmbedding{position.title()}"
+    _assert_parity(hf_model, model)
+    _assert_parity(hf_model, _ours(hf_model))  # transformers' in-memory layout too
+
+
+def test_learned_position_embedding_with_timm_backbone_matches_hf() -> None:
+    hf_model = _hf_model(
+        **dict(SMALL, num_queries=20, num_labels=4, position_embedding_type="learned"), backbone="resnet18"
+    )
+    model = _ours(hf_model)
+    assert model.model_config.position_embedding == "learned"
+    hf_table = hf_model.model.position_embedding.column_embeddings.weight
+    assert torch.equal(model.position_embedding.col_embed.weight, hf_table)
+    _assert_parity(hf_model, model)
+
+
+def test_default_transformers_resnet_without_backbone_config() -> None:
+    """use_timm_backbone=False alone: transformers builds its default ResNet-50 giving the last stage."""
+    section, _ = model_section_from_hf_config({"use_timm_backbone": False, "num_feature_levels": 4})
+    assert section.backbone == "resnet_50" and section.return_interm_indices == [3, 4, 5, 6]
+    with pytest.raises(CheckpointError, match=r"backbone='microsoft/resnet-50'"):
+        model_section_from_hf_config({"use_timm_backbone": False, "backbone": "microsoft/resnet-50"})
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        (dict(downsample_in_bottleneck=True), "downsample_in_bottleneck=True"),
+        (dict(downsample_in_first_stage=True), "downsample_in_first_stage=True"),
+        (dict(hidden_act="gelu"), "hidden_act='gelu'"),
+        (dict(embedding_size=32), "embedding_size=32"),
+        (dict(depths=[1, 1, 1, 1]), r"depths=\[1, 1, 1, 1\]"),
+    ],
+)
+def test_resnet_variants_torchvision_lacks_are_one_line_errors(changes: dict, named: str) -> None:
+    backbone = _hf_resnet("bottleneck", changes.pop("depths", [3, 4, 6, 3]), [4], **changes).to_dict()
+    config = {"use_timm_backbone": False, "backbone_config": backbone, "num_feature_levels": 1}
+    with pytest.raises(CheckpointError, match=named) as info:
+        model_section_from_hf_config(config)
+    assert "\n" not in str(info.value) and "ResNet-18/34/50/101" in str(info.value)
+
+
+def test_resnet_stem_features_are_refused() -> None:
+    backbone = {"model_type": "resnet", "out_indices": [0, 4]}
+    with pytest.raises(CheckpointError, match=r"stem"):
+        model_section_from_hf_config({"backbone_config": backbone, "num_feature_levels": 2})
+
+
+def test_unknown_position_embedding_is_refused() -> None:
+    with pytest.raises(CheckpointError, match=r"position_embedding_type='rope'"):
+        model_section_from_hf_config({"position_embedding_type": "rope"})
 
 
 # ------------------------------------------- every config transformers builds: FFN widths, activations, kernels

@@ -143,7 +143,7 @@ def test_out_of_range_names_the_allowed_range():
     msg = _load_error(Path(), ["model.num_feature_levels=7"])
     assert "model.num_feature_levels" in msg and "7" in msg and "between 1 and 5" in msg
     msg = _load_error(Path(), ["train.optim.lr=-0.1"])
-    assert "train.optim.lr" in msg and "> 0" in msg
+    assert "train.optim.lr" in msg and ">= 0" in msg  # TAO's range starts at 0 (0 itself only warns)
 
 
 def test_literal_choices_are_listed():
@@ -194,6 +194,31 @@ def test_lr_steps_beyond_num_epochs_is_one_warning(caplog):
         with caplog.at_level(logging.WARNING, logger="ddetr.spec.load"):
             load_spec(None, ["train.num_epochs=5", "train.optim.lr_steps=[10]"], action=action)
         assert len([r for r in caplog.records if "lr_steps" in r.getMessage()]) == shown, action
+
+
+def test_values_tao_allows_are_accepted_and_the_meaningless_ones_warn_once(caplog):
+    """TAO's schema: lr and lr_decay from 0, dropout_ratio up to 1, focal_alpha unbounded, momentum 0..1."""
+    odd = ["train.optim.lr=0", "train.optim.lr_decay=0", "model.dropout_ratio=1", "model.focal_alpha=1.5"]
+    with caplog.at_level(logging.WARNING, logger="ddetr.spec.load"):
+        spec = load_spec(None, [*odd, "train.optim.momentum=0"], action="train")
+    assert (spec.train.optim.lr, spec.train.optim.lr_decay, spec.model.focal_alpha) == (0, 0, 1.5)
+    lines = [r.getMessage() for r in caplog.records if "TAO's schema accepts" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    for field in (
+        "train.optim.lr=0",
+        "train.optim.lr_decay=0",
+        "model.dropout_ratio=1",
+        "model.focal_alpha=1.5",
+    ):
+        assert field in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ddetr.spec.load"):
+        assert load_spec(None, ["model.focal_alpha=-0.5", "train.optim.momentum=1"]).model.focal_alpha == -0.5
+        load_spec(None, [])
+    lines = [r.getMessage() for r in caplog.records if "TAO's schema accepts" in r.getMessage()]
+    assert len(lines) == 1 and "model.focal_alpha=-0.5" in lines[0] and "momentum" not in lines[0]
+    for bad in ("train.optim.momentum=1.01", "train.optim.lr_decay=1.5", "train.optim.lr=-1e-4"):
+        assert bad.split("=")[0] in _load_error(Path(), [bad])
 
 
 def test_dump_spec_round_trips_atomically(tmp_path):

@@ -87,7 +87,7 @@ def test_infer_image_dir_accepts_a_string_or_a_list():
         ("model", {"num_feature_levels": 6}),
         ("model", {"enc_layers": 13}),
         ("dataset", {"batch_size": 0}),
-        ("train", {"optim": {"lr": 0.0}}),
+        ("train", {"optim": {"lr": -1e-4}}),  # 0 is in TAO's range (a warning)
         ("train", {"precision": "fp8"}),
         ("evaluate", {"conf_threshold": 1.5}),
         ("quantize", {"device": "gpu0"}),

@@ -32,6 +32,12 @@ def test_committed_bundle_and_reference_match_a_fresh_generation() -> None:
     )
 
 
+def test_readme_links_the_generated_spec_reference() -> None:
+    """Issue 9 calls it docs/spec.md; it is docs/spec-reference.md (SPEC.md would collide on case-insensitive disks)."""
+    assert "(docs/spec-reference.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "docs/spec-reference.md" in generated_files()
+
+
 def test_generation_is_deterministic() -> None:
     assert bundle_files() == bundle_files()
     assert "202" not in json.dumps(tao_schema("train")["x_tao_schema"])  # no dates

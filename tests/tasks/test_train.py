@@ -99,6 +99,42 @@ def test_dry_run_keeps_nothing(tiny_spec_args: list[str]) -> None:
     assert not list(_train_dir(args).glob("*.pth"))
 
 
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_torch_flags_train_cudnn_sets_are_restored_when_train_returns(
+    tiny_spec_args: list[str], deterministic: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning sets torch's process-wide deterministic/cuDNN flags; train() puts the caller's back."""
+    from ddetr.engine import trainer as engine_trainer
+
+    outside = engine_trainer.TorchFlags.capture()
+    # the caller's settings: the opposite of what the spec asks for, so that a leak shows
+    torch.use_deterministic_algorithms(not deterministic)
+    torch.backends.cudnn.benchmark = deterministic
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = engine_trainer.TorchFlags.capture()
+    seen = []
+    build = engine_trainer.build_trainer
+
+    def spying_build(*args, **kwargs):
+        made = build(*args, **kwargs)
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark))
+        return made
+
+    monkeypatch.setattr(engine_trainer, "build_trainer", spying_build)
+    args = [
+        *tiny_spec_args,
+        "train.is_dry_run=true",
+        f"train.cudnn.deterministic={str(deterministic).lower()}",
+        f"train.cudnn.benchmark={str(not deterministic).lower()}",
+    ]
+    try:
+        train.run(load_spec(None, args))
+        assert seen == [(deterministic, not deterministic)]  # in force during the fit
+        assert engine_trainer.TorchFlags.capture() == before
+    finally:
+        outside.restore()
+
+
 def test_freeze_and_pretrained(tiny_spec_args: list[str], tmp_path: Path) -> None:
     first = [*tiny_spec_args, "train.num_epochs=1"]
     train.run(load_spec(None, first))

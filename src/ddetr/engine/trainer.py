@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,42 @@ class _DropTips(logging.Filter):
     # Lightning advertises cloud services in the log; that is noise in a training run
     def filter(self, record: logging.LogRecord) -> bool:
         return "Tip:" not in record.getMessage()
+
+
+@dataclass(frozen=True)
+class TorchFlags:
+    """The process-wide torch settings a Trainer changes (``train.cudnn``): kept to be put back afterwards.
+
+    Lightning's ``deterministic``/``benchmark`` set torch's deterministic-algorithms flag (and its warn-only
+    mode), cuDNN's two flags and ``CUBLAS_WORKSPACE_CONFIG`` for the whole process, and never undo them.
+    """
+
+    deterministic_algorithms: bool
+    warn_only: bool
+    cudnn_deterministic: bool
+    cudnn_benchmark: bool
+    cublas_workspace: str | None
+
+    @classmethod
+    def capture(cls) -> TorchFlags:
+        """The current settings."""
+        return cls(
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark,
+            os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        )
+
+    def restore(self) -> None:
+        """Put these settings back."""
+        torch.use_deterministic_algorithms(self.deterministic_algorithms, warn_only=self.warn_only)
+        torch.backends.cudnn.deterministic = self.cudnn_deterministic
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        if self.cublas_workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = self.cublas_workspace
 
 
 @dataclass(frozen=True)

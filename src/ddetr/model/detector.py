@@ -23,7 +23,7 @@ from ddetr.artefacts.checkpoint import LoadedCheckpoint, load_checkpoint, load_i
 from ddetr.errors import SpecError
 from ddetr.model.backbone import Backbone, build_backbone
 from ddetr.model.outputs import DetectionOutput, LayerPrediction
-from ddetr.model.position import PositionEmbeddingSine
+from ddetr.model.position import PositionEmbeddingLearned, PositionEmbeddingSine
 from ddetr.model.predict import Detections, ModulePredictor, predict_images
 from ddetr.model.preprocess import ImageInput
 from ddetr.model.transformer import DeformableTransformer, inverse_sigmoid
@@ -88,7 +88,11 @@ class DeformableDETR(nn.Module):
         self.model_config = model_config
         self.backbone = backbone
         self.transformer = transformer
-        self.position_embedding = PositionEmbeddingSine(hidden_dim // 2)
+        self.position_embedding: nn.Module = (
+            PositionEmbeddingLearned(hidden_dim // 2)
+            if model_config is not None and model_config.position_embedding == "learned"
+            else PositionEmbeddingSine(hidden_dim // 2)
+        )
 
         projections = [
             nn.Sequential(

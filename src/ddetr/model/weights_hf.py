@@ -3,7 +3,9 @@
 Two HF layouts are read: the Hub's (``model.backbone.conv_encoder.model.*``, ``fc1``/``fc2``,
 ``self_attn.out_proj``; also what transformers 5.x ``save_pretrained`` writes, which drops tied copies)
 and transformers 5.x's in-memory one (``model.backbone.model.*``, ``mlp.fc1``, ``self_attn.o_proj``).
-Only timm backbones (``use_timm_backbone``) are supported; timm ResNets map onto torchvision names 1:1.
+Backbones: timm ones (``use_timm_backbone``; timm ResNets map onto torchvision names 1:1) and transformers' own
+ResNet (``use_timm_backbone=False``, a ``resnet`` ``backbone_config``) in the variants that are torchvision's
+ResNet-18/34/50/101, renamed onto torchvision's names. Both position embeddings (sine, learned) are supported.
 """
 
 from __future__ import annotations
@@ -28,6 +30,32 @@ _RESNET_NAMES = {
     "resnet101": "resnet_101",
 }
 _BACKBONE_PREFIXES = ("model.backbone.conv_encoder.model.", "model.backbone.model.")
+# transformers' ResNet (layer_type, depths, hidden_sizes) -> the torchvision ResNet with the same layers
+_HF_RESNETS = {
+    ("basic", (2, 2, 2, 2), (64, 128, 256, 512)): "resnet_18",
+    ("basic", (3, 4, 6, 3), (64, 128, 256, 512)): "resnet_34",
+    ("bottleneck", (3, 4, 6, 3), (256, 512, 1024, 2048)): "resnet_50",
+    ("bottleneck", (3, 4, 23, 3), (256, 512, 1024, 2048)): "resnet_101",
+}
+# what transformers' ResNetConfig assumes for a key a config.json leaves out
+_HF_RESNET_DEFAULTS: dict[str, Any] = {
+    "layer_type": "bottleneck",
+    "depths": [3, 4, 6, 3],
+    "hidden_sizes": [256, 512, 1024, 2048],
+    "embedding_size": 64,
+    "num_channels": 3,
+    "hidden_act": "relu",
+    "downsample_in_first_stage": False,
+    "downsample_in_bottleneck": False,
+}
+_HF_RESNET_STEM = re.compile(r"^embedder\.embedder\.(convolution|normalization)\.(.+)$")
+_HF_RESNET_BLOCK = re.compile(
+    r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.(?:layer\.(\d+)|shortcut)\.(convolution|normalization)\.(.+)$"
+)
+_POSITION_TABLES = {
+    "model.position_embedding.row_embeddings.weight": "position_embedding.row_embed.weight",
+    "model.position_embedding.column_embeddings.weight": "position_embedding.col_embed.weight",
+}
 _TRANSFORMER_MODULES = (
     "enc_output.",
     "enc_output_norm.",
@@ -80,11 +108,32 @@ def _rename_layer_suffix(kind: str, suffix: str) -> str | None:
     return None
 
 
+def _torchvision_resnet_name(name: str) -> str:
+    """A backbone key of transformers' ResNet -> torchvision's name (other keys, e.g. timm's, unchanged).
+
+    ``embedder.embedder.convolution`` is ``conv1``, stage s block b ``layer.j`` is ``layer{s+1}.{b}.conv{j+1}``
+    (its normalization ``bn{j+1}``), ``shortcut`` is ``downsample.0`` / ``downsample.1``.
+    """
+    stem = _HF_RESNET_STEM.match(name)
+    if stem:
+        return ("conv1." if stem.group(1) == "convolution" else "bn1.") + stem.group(2)
+    block = _HF_RESNET_BLOCK.match(name)
+    if not block:
+        return name
+    stage, index, conv, part, rest = block.groups()
+    prefix = f"layer{int(stage) + 1}.{index}."
+    if conv is None:  # the shortcut
+        return prefix + ("downsample.0." if part == "convolution" else "downsample.1.") + rest
+    return prefix + ("conv" if part == "convolution" else "bn") + f"{int(conv) + 1}." + rest
+
+
 def _rename(key: str) -> str | None:
     """One HF key -> our key (None when unknown). q/k/v projections are handled by the caller."""
     for prefix in _BACKBONE_PREFIXES:
         if key.startswith(prefix):
-            return "backbone.body." + key[len(prefix) :]
+            return "backbone.body." + _torchvision_resnet_name(key[len(prefix) :])
+    if key in _POSITION_TABLES:
+        return _POSITION_TABLES[key]
     if key.startswith("model.input_proj."):
         return key[len("model.") :]
     if key == "model.query_position_embeddings.weight":
@@ -106,31 +155,94 @@ def _rename(key: str) -> str | None:
     return None
 
 
+def _hf_resnet_backbone(backbone_config: dict[str, Any]) -> tuple[str, list[int]]:
+    """A transformers ResNet ``backbone_config`` -> (ddetr backbone name, its out_indices 1..4).
+
+    Raises:
+        CheckpointError: a variant that is not torchvision's ResNet-18/34/50/101, or stem features.
+    """
+    config = {**_HF_RESNET_DEFAULTS, **{k: v for k, v in backbone_config.items() if v is not None}}
+    layer_type = config["layer_type"]
+    key = (layer_type, tuple(config["depths"]), tuple(config["hidden_sizes"]))
+    differences = [
+        f"{name}={config[name]!r}"
+        for name in ("embedding_size", "num_channels", "hidden_act", "downsample_in_first_stage")
+        if config[name] != _HF_RESNET_DEFAULTS[name]
+    ]
+    if layer_type == "bottleneck" and config["downsample_in_bottleneck"]:
+        differences.append("downsample_in_bottleneck=True")
+    if key not in _HF_RESNETS or differences:
+        what = ", ".join(differences) or (
+            f"layer_type={layer_type!r}, depths={list(key[1])}, hidden_sizes={list(key[2])}"
+        )
+        raise CheckpointError(
+            f"HF config: backbone_config (resnet) {what} is not one of torchvision's ResNet-18/34/50/101 "
+            "(basic or bottleneck layers, depths 2-2-2-2/3-4-6-3/3-4-23-3, embedding_size 64, relu, "
+            "no downsampling in the first stage or in the bottleneck's 1x1 convolution), the only ones importable."
+        )
+    out_indices = backbone_config.get("out_indices")
+    if not out_indices:
+        features = backbone_config.get("out_features") or ["stage4"]
+        out_indices = [int(str(name).removeprefix("stage")) if name != "stem" else 0 for name in features]
+    if min(out_indices) < 1:
+        raise CheckpointError(
+            f"HF config: backbone_config.out_indices={list(out_indices)} uses the ResNet stem (index 0); "
+            "only stages 1..4 can be imported."
+        )
+    return _HF_RESNETS[key], [int(i) for i in out_indices]
+
+
+def _backbone_from_hf_config(config: dict[str, Any], levels: int) -> tuple[str, list[int], bool]:
+    """(ddetr backbone name, HF out_indices 1..4, dilation) of a HF config.
+
+    Raises:
+        CheckpointError: a backbone ddetr cannot reproduce.
+    """
+    backbone_config = config.get("backbone_config") or {}
+    model_type = backbone_config.get("model_type")
+    if not backbone_config and config.get("use_timm_backbone") is False:
+        if config.get("backbone"):
+            raise CheckpointError(
+                f"HF config: use_timm_backbone=false with backbone='{config['backbone']}' and no backbone_config "
+                "is not supported; only timm backbones and transformers' ResNet (backbone_config) can be imported."
+            )
+        # what transformers builds then: its default ResNet-50 giving the last stage
+        backbone_config, model_type = {"model_type": "resnet", "out_features": ["stage4"]}, "resnet"
+    if model_type == "resnet":
+        name, out_indices = _hf_resnet_backbone(backbone_config)
+        if config.get("dilation"):
+            logger.info("HF config: dilation=true has no effect on transformers' ResNet backbone; not used")
+        return name, out_indices, False
+    if backbone_config and model_type != "timm_backbone":
+        raise CheckpointError(
+            f"HF config: backbone_config.model_type '{model_type}' is not supported; "
+            "only timm backbones (use_timm_backbone) and transformers' ResNet (model_type 'resnet') can be imported."
+        )
+    timm_name = backbone_config.get("backbone") or config.get("backbone") or "resnet50"
+    out_indices = backbone_config.get("out_indices") or ([2, 3, 4] if levels > 1 else [4])
+    return (
+        _RESNET_NAMES.get(timm_name, f"timm:{timm_name}"),
+        list(out_indices),
+        bool(config.get("dilation", False)),
+    )
+
+
 def model_section_from_hf_config(config: dict[str, Any]) -> tuple[ModelSection, int]:
     """Architecture fields of a HF ``config.json`` dict -> (ModelSection, num_classes).
 
-    Separate encoder and decoder feed-forward widths and attention heads, and every parameter-free
-    ``activation_function`` map to the model section; ``disable_custom_kernels`` (CUDA kernel or PyTorch path) and the training-only
-    settings (dropouts, layer drop, init) do not change the outputs and are not needed.
+    Separate encoder and decoder feed-forward widths and attention heads, every parameter-free
+    ``activation_function``, the learned position embedding and transformers' own ResNet backbone map to the
+    model section; ``disable_custom_kernels`` (CUDA kernel or PyTorch path) and the training-only settings
+    (dropouts, layer drop, init) do not change the outputs and are not needed.
 
     Raises:
-        CheckpointError: a setting ddetr cannot reproduce (non-timm backbone, learned position embedding,
-            an activation with learned parameters).
+        CheckpointError: a setting ddetr cannot reproduce (a backbone other than timm's or torchvision-equal
+            ResNets, an unknown position embedding, an activation with learned parameters).
     """
-    backbone_config = config.get("backbone_config") or {}
-    if backbone_config and backbone_config.get("model_type") != "timm_backbone":
+    position = config.get("position_embedding_type", "sine")
+    if position not in ("sine", "learned"):
         raise CheckpointError(
-            f"HF config: backbone_config.model_type '{backbone_config.get('model_type')}' is not supported; "
-            "only timm backbones (use_timm_backbone) can be imported."
-        )
-    if not backbone_config and config.get("use_timm_backbone") is False:
-        raise CheckpointError(
-            "HF config: use_timm_backbone=false is not supported; only timm backbones can be imported."
-        )
-    if config.get("position_embedding_type", "sine") != "sine":
-        raise CheckpointError(
-            f"HF config: position_embedding_type='{config.get('position_embedding_type')}' is not supported "
-            "(only 'sine')."
+            f"HF config: position_embedding_type='{position}' is not supported (only 'sine' and 'learned')."
         )
     activation = config.get("activation_function", "relu")
     if activation not in FFN_ACTIVATIONS:
@@ -142,9 +254,8 @@ def model_section_from_hf_config(config: dict[str, Any]) -> tuple[ModelSection, 
     dec_heads = int(config.get("decoder_attention_heads", enc_heads))
     enc_ffn = int(config.get("encoder_ffn_dim", 1024))
     dec_ffn = int(config.get("decoder_ffn_dim", enc_ffn))
-    timm_name = backbone_config.get("backbone") or config.get("backbone") or "resnet50"
     levels = int(config.get("num_feature_levels", 4))
-    out_indices = backbone_config.get("out_indices") or ([2, 3, 4] if levels > 1 else [4])
+    backbone, out_indices, dilation = _backbone_from_hf_config(config, levels)
     if levels == 1:
         out_indices = out_indices[-1:]
     stages = [int(i) - 1 for i in out_indices]
@@ -157,7 +268,7 @@ def model_section_from_hf_config(config: dict[str, Any]) -> tuple[ModelSection, 
     num_classes = len(id2label) if id2label else int(config.get("num_labels", 91))
     try:
         section = ModelSection(
-            backbone=_RESNET_NAMES.get(timm_name, f"timm:{timm_name}"),
+            backbone=backbone,
             num_queries=num_queries,
             num_feature_levels=levels,
             return_interm_indices=return_interm_indices,
@@ -171,10 +282,11 @@ def model_section_from_hf_config(config: dict[str, Any]) -> tuple[ModelSection, 
             dim_feedforward=enc_ffn,
             dec_dim_feedforward=None if dec_ffn == enc_ffn else dec_ffn,
             activation=activation,
+            position_embedding=position,
             dropout_ratio=float(config.get("dropout", 0.1)),
             enc_n_points=int(config.get("encoder_n_points", 4)),
             dec_n_points=int(config.get("decoder_n_points", 4)),
-            dilation=bool(config.get("dilation", False)),
+            dilation=dilation,
             num_select=max(1, min(300, num_queries * num_classes - 1)),
         )
     except ValueError as err:  # pydantic's ValidationError is a ValueError

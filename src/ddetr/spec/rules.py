@@ -193,6 +193,24 @@ def check_model_section(model: ModelSection, num_classes: int) -> None:
     check_backbone(model)
 
 
+def _questionable_values(spec: Spec) -> list[str]:
+    """Values in the ranges TAO's schemas allow that defeat training (accepted, named in one warning line)."""
+    optim, model = spec.train.optim, spec.model
+    found = []
+    if optim.lr == 0:
+        found.append("train.optim.lr=0 (the transformer and the heads do not learn)")
+    if optim.lr_decay == 0:
+        found.append("train.optim.lr_decay=0 (the learning rate drops to 0 at the first decay)")
+    if model.dropout_ratio == 1:
+        found.append("model.dropout_ratio=1 (every transformer hidden unit is dropped in training)")
+    if not 0 <= model.focal_alpha <= 1:
+        found.append(
+            f"model.focal_alpha={model.focal_alpha:g} outside 0..1 (above 1 the negatives weigh negatively; "
+            "below 0 the loss stops weighting classes but the matcher does not)"
+        )
+    return found
+
+
 def check_rules(spec: Spec, action: str | None = None) -> list[str]:
     """Apply the cross-field rules of docs/SPEC.md for one action.
 
@@ -232,6 +250,11 @@ def check_rules(spec: Spec, action: str | None = None) -> list[str]:
                 f"(dataset.num_classes = {d.num_classes})"
             )
     warnings: list[str] = []
+    questionable = _questionable_values(spec)
+    if questionable:
+        warnings.append(
+            "values TAO's schema accepts that make little sense for training: " + "; ".join(questionable)
+        )
     optim, n_epochs = spec.train.optim, spec.train.num_epochs
     if optim.lr_scheduler == "MultiStep" and optim.lr_steps and all(s >= n_epochs for s in optim.lr_steps):
         warnings.append(

@@ -206,14 +206,23 @@ class ModelSection(Section):
         description="(+) feed-forward activation of the encoder and decoder layers (Hugging Face's "
         "activation_function)",
     )
-    dropout_ratio: float = spec_field(0.3, ge=0.0, lt=1.0)
+    position_embedding: Literal["sine", "learned"] = spec_field(
+        "sine",
+        description="(+) position embedding of the feature maps: sine (the original) or learned row/column "
+        "tables of 50 positions, feature maps at most 50x50 (Hugging Face's position_embedding_type)",
+    )
+    dropout_ratio: float = spec_field(
+        0.3, ge=0.0, le=1.0, description="1 warns: every hidden unit is dropped"
+    )
     enc_n_points: int = spec_field(4, ge=1, le=MAX_POINTS)
     dec_n_points: int = spec_field(4, ge=1, le=MAX_POINTS)
     aux_loss: bool = spec_field(True, description="losses on every decoder layer")
     cls_loss_coef: float = spec_field(2.0, ge=0.0, description="focal loss weight and matcher class cost")
     bbox_loss_coef: float = spec_field(5.0, ge=0.0, description="L1 loss weight and matcher L1 cost")
     giou_loss_coef: float = spec_field(2.0, ge=0.0, description="GIoU loss weight and matcher GIoU cost")
-    focal_alpha: float = spec_field(0.25, ge=0.0, le=1.0)
+    focal_alpha: float = spec_field(
+        0.25, description="focal loss weight of the positive class; any value (as TAO), outside 0..1 warns"
+    )
     num_select: int = spec_field(
         300,
         ge=1,
@@ -252,6 +261,7 @@ class ModelSection(Section):
         "dim_feedforward",
         "dec_dim_feedforward",
         "activation",
+        "position_embedding",
         "enc_n_points",
         "dec_n_points",
         "dilation",
@@ -432,7 +442,14 @@ class OptimSection(Section):
         never_searched="steers the learning-rate schedule by a metric, not a hyperparameter of the model",
         description="the metric lr_scheduler=ReduceLROnPlateau watches (TAO: the scheduler's monitor)",
     )
-    lr: float = spec_field(2e-4, gt=0.0, automl=True, automl_range=(0.0, 0.01), condition="> 0")
+    lr: float = spec_field(
+        2e-4,
+        ge=0.0,
+        automl=True,
+        automl_range=(0.0, 0.01),
+        condition="> 0",
+        description="0 warns: nothing learns",
+    )
     lr_backbone: float = spec_field(
         2e-5,
         ge=0.0,
@@ -466,7 +483,15 @@ class OptimSection(Section):
         automl_range=(1, 10000),
         description="StepLR period; ReduceLROnPlateau patience (epochs)",
     )
-    lr_decay: float = spec_field(0.1, gt=0.0, le=1.0, automl=True, automl_range=(0.0, 1.0), condition="> 0")
+    lr_decay: float = spec_field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        automl=True,
+        automl_range=(0.0, 1.0),
+        condition="> 0",
+        description="factor of each decay; 0 warns: the lr drops to 0 at the first decay",
+    )
 
 
 class CheckpointerSection(Section):

@@ -125,7 +125,7 @@ def run(spec: Spec) -> TrainResult | AutomlResult:
     from ddetr.engine.callbacks import latest_checkpoint
     from ddetr.engine.datamodule import DetectionDataModule
     from ddetr.engine.module import DetectionModule, estimated_steps
-    from ddetr.engine.trainer import build_trainer, plan_devices
+    from ddetr.engine.trainer import TorchFlags, build_trainer, plan_devices
     from ddetr.model.detector import DeformableDETR
     from ddetr.runtime.devices import explain_oom
     from ddetr.status import StatusLogger
@@ -139,6 +139,7 @@ def run(spec: Spec) -> TrainResult | AutomlResult:
     train_dir = prepare_results_dir(spec, "train")
     status = StatusLogger(train_dir / "status.json")
     primary = not is_secondary_rank()  # under DDP only the first process writes status.json
+    torch_flags = TorchFlags.capture()  # train.cudnn changes them process-wide: put back when training ends
     try:
         if spec.train.seed >= 0:
             pl.seed_everything(spec.train.seed, workers=True, verbose=False)
@@ -210,3 +211,5 @@ def run(spec: Spec) -> TrainResult | AutomlResult:
         if primary:
             status.write(status="FAILURE", message=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        torch_flags.restore()
