@@ -109,6 +109,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.slow  # a whole train/evaluate/export run with the key (~25 s)
 def test_the_key_appears_in_no_output_of_a_run(tiny_data: dict, tiny_overrides, tmp_path: Path) -> None:
     results = tmp_path / "results"
     overrides = [*tiny_overrides(tiny_data, results), "train.num_epochs=1"]

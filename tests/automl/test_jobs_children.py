@@ -19,6 +19,7 @@ from ddetr.tasks.jobrecord import PARENT_ENV
 RECORDED_FAKE = [sys.executable, str(Path(__file__).parent / "fake_recorded_train.py")]
 
 
+@pytest.mark.slow  # a two-trial AutoML search
 def test_trials_are_children_of_the_automl_job(
     tiny_spec_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -278,7 +278,10 @@ def test_never_searched_comes_from_the_field_metadata(
         build_space(load_spec(None, [f"automl.hyperparameters=[{path}]"]))
 
 
-@pytest.mark.parametrize(("sampler", "expected"), [("tpe", "TPESampler"), ("gp", "GPSampler")])
+@pytest.mark.parametrize(
+    ("sampler", "expected"),
+    [("tpe", "TPESampler"), pytest.param("gp", "GPSampler", marks=pytest.mark.slow)],  # GP fitting: ~30 s
+)
 def test_bayesian_sampler_choice_keeps_the_rules(tiny_spec_file: Path, sampler: str, expected: str) -> None:
     from ddetr.automl.search import make_sampler
 

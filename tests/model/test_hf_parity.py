@@ -90,7 +90,11 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize(
+    "variant",
+    # the full-size default config (256 wide, 6+6 layers) takes ~20 s: make test-slow
+    [pytest.param(v, marks=pytest.mark.slow) if v == "multi_scale_full_default" else v for v in VARIANTS],
+)
 def test_matches_hf(variant: str, tmp_path) -> None:
     """HF folder -> `ddetr import_weights --source hf` -> checkpoint -> same outputs as HF."""
     from ddetr.cli import main

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ddetr.model.criterion import build_criterion
@@ -9,6 +10,7 @@ from ddetr.model.detector import DeformableDETR
 from ddetr.spec.sections import ModelSection
 
 
+@pytest.mark.slow  # ~35 s on 2 cores; the demo test checks learning end to end too
 def test_twenty_steps_reduce_the_loss() -> None:
     torch.manual_seed(0)
     section = ModelSection(

@@ -108,6 +108,7 @@ def test_evaluate_with_parent_records_lineage(trained: dict, tmp_path: Path) -> 
     assert "test_mAP" in job.kpis and {a.kind for a in job.artefacts} == {"metrics", "detections"}
 
 
+@pytest.mark.slow  # export, quantize and an engine build after the shared training
 def test_export_quantize_engine_chain(
     trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -42,6 +42,7 @@ def test_missing_chromium_fails_naming_the_install(monkeypatch: pytest.MonkeyPat
         chromium_path()
 
 
+@pytest.mark.slow  # train + evaluate + Chromium; the BCCD evaluation report stays in make test
 def test_train_and_evaluate_reports(tiny_spec_args: list[str], tmp_path: Path) -> None:
     result = train.run(load_spec(None, tiny_spec_args))
     train_dir = result.train_dir
