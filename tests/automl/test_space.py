@@ -89,7 +89,7 @@ def test_default_ranges_follow_the_metadata(tiny_spec_file: Path) -> None:
         (
             [
                 "automl.hyperparameters=[model.enc_layers]",
-                "automl.range_override={model.enc_layers: [1, 40]}",
+                "automl.range_override={model.enc_layers: [1, 300]}",
             ],
             "outside",
         ),

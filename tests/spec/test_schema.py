@@ -71,7 +71,8 @@ def test_automl_fields_match_the_table_of_spec_md():
         "train.optim.lr_step_size",
         "train.optim.lr_decay",
     }
-    assert fields["model.enc_layers"]["le"] == 12 and fields["model.num_queries"]["automl_range"] == [
+    assert fields["model.enc_layers"]["le"] == 256 and fields["model.enc_layers"]["automl_range"] == [1, 12]
+    assert fields["model.num_queries"]["automl_range"] == [
         100,
         900,
     ]

@@ -85,7 +85,8 @@ def test_infer_image_dir_accepts_a_string_or_a_list():
     ("section", "values"),
     [
         ("model", {"num_feature_levels": 6}),
-        ("model", {"enc_layers": 13}),
+        ("model", {"enc_layers": 0}),
+        ("model", {"dec_layers": 257}),
         ("dataset", {"batch_size": 0}),
         ("train", {"optim": {"lr": -1e-4}}),  # 0 is in TAO's range (a warning)
         ("train", {"precision": "fp8"}),
@@ -183,7 +184,8 @@ def test_inert_fields_are_marked():
     assert "inert" not in field_meta(TrainSection, "activation_checkpoint")
     assert field_meta(AugmentationSection, "fixed_padding")["inert"] is True
     assert field_meta(InferenceSection, "is_internal")["inert"] is True
-    assert field_meta(GenTrtEngineSection, "gpu_id")["inert"] is True
+    assert field_meta(GenTrtEngineSection, "opset_version")["inert"] is True
+    assert "inert" not in field_meta(GenTrtEngineSection, "gpu_id")  # the TensorRT build's device
     # read by the device plans (ddetr.engine.trainer, ddetr.runtime.devices)
     for section in (TrainSection, EvaluateSection, InferenceSection):
         assert "inert" not in field_meta(section, "gpu_ids")

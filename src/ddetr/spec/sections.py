@@ -60,6 +60,7 @@ MAX_FEEDFORWARD = 65536  # dim_feedforward
 MAX_QUERIES = 10_000  # num_queries, num_select
 MAX_POINTS = 64  # enc_n_points, dec_n_points
 MAX_HEADS = 256  # nheads
+MAX_LAYERS = 256  # enc_layers, dec_layers (TAO sets no upper bound; AutoML searches 1..12)
 MAX_SIDE = 16384  # image sides in pixels (resizes, crops)
 MAX_CLASSES = 100_000  # num_classes
 #: one image side in pixels, as list items take it
@@ -192,8 +193,8 @@ class ModelSection(Section):
         never_searched="must divide model.hidden_dim",
         description="(+) decoder attention heads; null: nheads (Hugging Face's decoder_attention_heads)",
     )
-    enc_layers: int = spec_field(6, ge=1, le=12, automl=True)
-    dec_layers: int = spec_field(6, ge=1, le=12, automl=True)
+    enc_layers: int = spec_field(6, ge=1, le=MAX_LAYERS, automl=True, automl_range=(1, 12))
+    dec_layers: int = spec_field(6, ge=1, le=MAX_LAYERS, automl=True, automl_range=(1, 12))
     dim_feedforward: int = spec_field(1024, ge=1, le=MAX_FEEDFORWARD)
     dec_dim_feedforward: int | None = spec_field(
         None,
