@@ -90,6 +90,63 @@ FFN_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
+class XIELU(nn.Module):
+    """xIELU, the activation with learned parameters of Huang & Schlag (arXiv 2411.13010), kept in fp32.
+
+    With ``a_p = softplus(alpha_p)`` and ``a_n = beta + softplus(alpha_n)``:
+    ``f(x) = a_p x^2 + beta x`` for x > 0, else ``a_n (expm1(min(x, eps)) - x) + beta x``.
+    ``alpha_p`` and ``alpha_n`` (shape (1,)) are learned; ``beta`` and ``eps`` are fixed buffers. The names and
+    the initial values (alpha_p 0.8, alpha_n 0.8 overall, beta 0.5, eps -1e-6) are Hugging Face's ``xielu``.
+    """
+
+    def __init__(
+        self, alpha_p_init: float = 0.8, alpha_n_init: float = 0.8, beta: float = 0.5, eps: float = -1e-6
+    ) -> None:
+        super().__init__()
+        # store the inverse softplus of the initial values: log(expm1(y))
+        self.alpha_p = nn.Parameter(torch.tensor([alpha_p_init]).expm1().log())
+        self.alpha_n = nn.Parameter(torch.tensor([alpha_n_init - beta]).expm1().log())
+        self.register_buffer("beta", torch.tensor(beta))
+        self.register_buffer("eps", torch.tensor(eps))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (any shape) -> f(x), same shape."""
+        a_p = F.softplus(self.alpha_p)
+        a_n = self.beta + F.softplus(self.alpha_n)
+        linear = self.beta * x
+        positive = a_p * x * x + linear
+        negative = (torch.expm1(torch.minimum(x, self.eps)) - x) * a_n + linear
+        return torch.where(x > 0, positive, negative)
+
+
+#: ``model.activation`` name -> module class of the activations with learned parameters; each encoder and
+#: decoder layer holds its own instance as ``activation_fn`` (Hugging Face's ``activation_function`` names).
+LEARNED_ACTIVATIONS: dict[str, type[nn.Module]] = {"prelu": nn.PReLU, "xielu": XIELU}
+#: every ``model.activation`` name
+ACTIVATION_NAMES: tuple[str, ...] = (*FFN_ACTIVATIONS, *LEARNED_ACTIVATIONS)
+
+
+class _FeedForwardActivation:
+    """Mixin of the layers: the feed-forward activation, a module-level function or a learned module."""
+
+    activation_fn: nn.Module | None
+    _act: Callable[[Tensor], Tensor] | None
+
+    def _init_activation(self, activation: str) -> None:
+        self.activation = activation
+        if activation in LEARNED_ACTIVATIONS:
+            self._act = None
+            self.activation_fn = LEARNED_ACTIVATIONS[activation]()
+        else:
+            self._act = FFN_ACTIVATIONS[activation]
+            self.activation_fn = None
+
+    def _ffn_act(self, x: Tensor) -> Tensor:
+        if self.activation_fn is not None:
+            return self.activation_fn(x)
+        return self._act(x)  # type: ignore[misc]
+
+
 def run_layer(layer: nn.Module, recompute: bool, *args: object) -> Tensor:
     """``layer(*args)``; with ``recompute`` in training under autograd, its activations are not kept for the
     backward pass but recomputed there (gradient checkpointing, ``train.activation_checkpoint``)."""
@@ -106,7 +163,7 @@ def valid_ratios_of(mask: Tensor) -> Tensor:
     return torch.stack([valid_w.float() / width, valid_h.float() / height], -1)
 
 
-class DeformableTransformerEncoderLayer(nn.Module):
+class DeformableTransformerEncoderLayer(_FeedForwardActivation, nn.Module):
     """Post-norm layer: deformable self-attention, then the feed-forward (ReLU unless ``activation`` says)."""
 
     def __init__(
@@ -120,8 +177,7 @@ class DeformableTransformerEncoderLayer(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        self.activation = activation
-        self._act = FFN_ACTIVATIONS[activation]
+        self._init_activation(activation)
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
@@ -143,7 +199,7 @@ class DeformableTransformerEncoderLayer(nn.Module):
         """src, pos (B, S, d); reference_points (B, S, L, 2); padding_mask (B, S) -> (B, S, d)."""
         attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, shapes, padding_mask)
         src = self.norm1(src + self.dropout1(attended))
-        ffn = self.linear2(self.dropout2(self._act(self.linear1(src))))
+        ffn = self.linear2(self.dropout2(self._ffn_act(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
 
 
@@ -202,7 +258,7 @@ class DeformableTransformerEncoder(nn.Module):
         return output
 
 
-class DeformableTransformerDecoderLayer(nn.Module):
+class DeformableTransformerDecoderLayer(_FeedForwardActivation, nn.Module):
     """Post-norm layer: self-attention between queries, deformable cross-attention, feed-forward."""
 
     def __init__(
@@ -216,8 +272,7 @@ class DeformableTransformerDecoderLayer(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        self.activation = activation
-        self._act = FFN_ACTIVATIONS[activation]
+        self._init_activation(activation)
         self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
@@ -248,7 +303,7 @@ class DeformableTransformerDecoderLayer(nn.Module):
             tgt + query_pos, reference_points, src, spatial_shapes, shapes, padding_mask
         )
         tgt = self.norm1(tgt + self.dropout1(attended))
-        ffn = self.linear2(self.dropout3(self._act(self.linear1(tgt))))
+        ffn = self.linear2(self.dropout3(self._ffn_act(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout4(ffn))
 
 
@@ -364,8 +419,8 @@ class DeformableTransformer(nn.Module):
         dec_nhead: int | None = None,
     ) -> None:
         super().__init__()
-        if activation not in FFN_ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; known: {', '.join(FFN_ACTIVATIONS)}")
+        if activation not in ACTIVATION_NAMES:
+            raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATION_NAMES)}")
         self.d_model = d_model
         self.two_stage = two_stage
         self.two_stage_num_proposals = two_stage_num_proposals

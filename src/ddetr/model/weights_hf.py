@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ddetr.errors import CheckpointError, SpecError
-from ddetr.model.transformer import FFN_ACTIVATIONS
+from ddetr.model.transformer import ACTIVATION_NAMES
 from ddetr.spec.sections import ModelSection
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ _ENCODER_RENAMES = {
     "fc2.": "linear2.",
     "mlp.fc2.": "linear2.",
     "final_layer_norm.": "norm2.",
+    "activation_fn.": "activation_fn.",  # prelu / xielu parameters (Hub layout)
+    "mlp.activation_fn.": "activation_fn.",
 }
 _DECODER_RENAMES = {
     "encoder_attn.": "cross_attn.",
@@ -82,6 +84,8 @@ _DECODER_RENAMES = {
     "fc2.": "linear2.",
     "mlp.fc2.": "linear2.",
     "final_layer_norm.": "norm3.",
+    "activation_fn.": "activation_fn.",  # prelu / xielu parameters (Hub layout)
+    "mlp.activation_fn.": "activation_fn.",
 }
 _MSDA_PARTS = ("sampling_offsets.", "attention_weights.", "value_proj.", "output_proj.")
 _QKV = re.compile(r"^self_attn\.([qkv])_proj\.(weight|bias)$")
@@ -230,14 +234,14 @@ def _backbone_from_hf_config(config: dict[str, Any], levels: int) -> tuple[str, 
 def model_section_from_hf_config(config: dict[str, Any]) -> tuple[ModelSection, int]:
     """Architecture fields of a HF ``config.json`` dict -> (ModelSection, num_classes).
 
-    Separate encoder and decoder feed-forward widths and attention heads, every parameter-free
-    ``activation_function``, the learned position embedding and transformers' own ResNet backbone map to the
-    model section; ``disable_custom_kernels`` (CUDA kernel or PyTorch path) and the training-only settings
+    Separate encoder and decoder feed-forward widths and attention heads, every ``activation_function`` of
+    transformers' ACT2FN (the learned ``prelu`` and ``xielu`` included), the learned position embedding and
+    transformers' own ResNet backbone map to the model section; ``disable_custom_kernels`` (CUDA kernel or PyTorch path) and the training-only settings
     (dropouts, layer drop, init) do not change the outputs and are not needed.
 
     Raises:
         CheckpointError: a setting ddetr cannot reproduce (a backbone other than timm's or torchvision-equal
-            ResNets, an unknown position embedding, an activation with learned parameters).
+            ResNets, an unknown position embedding, an unknown activation).
     """
     position = config.get("position_embedding_type", "sine")
     if position not in ("sine", "learned"):
@@ -245,10 +249,10 @@ def model_section_from_hf_config(config: dict[str, Any]) -> tuple[ModelSection, 
             f"HF config: position_embedding_type='{position}' is not supported (only 'sine' and 'learned')."
         )
     activation = config.get("activation_function", "relu")
-    if activation not in FFN_ACTIVATIONS:
+    if activation not in ACTIVATION_NAMES:
         raise CheckpointError(
-            f"HF config: activation_function='{activation}' is not supported (it has learned parameters or "
-            f"is unknown); supported: {', '.join(FFN_ACTIVATIONS)}."
+            f"HF config: activation_function='{activation}' is not supported; supported: "
+            f"{', '.join(ACTIVATION_NAMES)}."
         )
     enc_heads = int(config.get("encoder_attention_heads", 8))
     dec_heads = int(config.get("decoder_attention_heads", enc_heads))
@@ -320,6 +324,27 @@ def _fallbacks(key: str, refine: bool) -> list[str]:
     return out
 
 
+def _activation_tensor(state_dict: dict[str, Tensor], key: str, tensor: Tensor) -> Tensor:
+    """A prelu/xielu tensor of HF key ``key`` -> fp32, as ddetr's layers hold it.
+
+    transformers keeps xIELU's parameters in bfloat16 and computes its coefficients in that precision:
+    ``a_p = softplus(alpha_p)`` and ``a_n = beta + softplus(alpha_n)`` rounded to bfloat16. ddetr computes them
+    in fp32, so ``alpha_p`` / ``alpha_n`` become the fp32 values whose coefficients equal HF's rounded ones
+    (the inverse softplus, ``log(expm1(y))``): the outputs then agree to fp32 rounding instead of ~1e-4.
+    """
+    name = key.rsplit(".", 1)[-1]
+    if tensor.dtype == torch.float32 or name not in ("alpha_p", "alpha_n"):
+        return tensor.float()
+    coefficient = torch.nn.functional.softplus(tensor)  # in the file's precision, as transformers does
+    if name == "alpha_n":
+        beta = state_dict.get(key[: -len(name)] + "beta")
+        if beta is None:
+            return tensor.float()  # reported as a missing key by the caller
+        beta = beta.to(tensor.dtype)
+        coefficient = (beta + coefficient).double() - beta.double()
+    return coefficient.double().expm1().log().float()
+
+
 def convert_hf_state_dict(
     state_dict: dict[str, Tensor], config: dict[str, Any]
 ) -> tuple[dict[str, Tensor], ModelSection, int]:
@@ -348,6 +373,8 @@ def convert_hf_state_dict(
         new_key = _rename(key)
         if new_key is None:
             unknown.append(key)
+        elif ".activation_fn." in new_key:
+            converted[new_key] = _activation_tensor(state_dict, key, tensor)
         else:
             converted[new_key] = tensor
     incomplete = [k for k, parts in qkv.items() if set(parts) != {"q", "k", "v"}]

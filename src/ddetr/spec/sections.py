@@ -24,8 +24,9 @@ from pydantic_core import PydanticCustomError
 from ddetr.errors import SpecError
 
 MISSING = "???"
-# Feed-forward activations of the transformer layers: Hugging Face's ``activation_function`` names that take
-# no learned parameters (ddetr.model.transformer.FFN_ACTIVATIONS implements each)
+# Feed-forward activations of the transformer layers: Hugging Face's ``activation_function`` names
+# (ddetr.model.transformer.FFN_ACTIVATIONS implements the parameter-free ones, LEARNED_ACTIVATIONS prelu and
+# xielu, whose learned parameters each layer holds)
 FfnActivation = Literal[
     "relu",
     "gelu",
@@ -49,6 +50,8 @@ FfnActivation = Literal[
     "sigmoid",
     "tanh",
     "sqrtsoftplus",
+    "prelu",
+    "xielu",
 ]
 # ImageNet statistics: the default normalisation of every model (written here only)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -205,7 +208,7 @@ class ModelSection(Section):
     activation: FfnActivation = spec_field(
         "relu",
         description="(+) feed-forward activation of the encoder and decoder layers (Hugging Face's "
-        "activation_function)",
+        "activation_function; prelu and xielu have learned parameters in each layer)",
     )
     position_embedding: Literal["sine", "learned"] = spec_field(
         "sine",
