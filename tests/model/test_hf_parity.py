@@ -12,7 +12,7 @@ from transformers.activations import ACT2CLS
 
 from ddetr.errors import CheckpointError
 from ddetr.model.detector import DeformableDETR
-from ddetr.model.transformer import FFN_ACTIVATIONS
+from ddetr.model.transformer import ACTIVATION_NAMES, FFN_ACTIVATIONS, LEARNED_ACTIVATIONS, XIELU
 from ddetr.model.weights_hf import convert_hf_state_dict, model_section_from_hf_config
 from ddetr.spec.sections import FfnActivation, ModelSection
 
@@ -249,12 +249,13 @@ def test_unknown_position_embedding_is_refused() -> None:
 
 
 # ------------------------------------------- every config transformers builds: FFN widths, activations, kernels
-# activations whose module holds learned parameters: refused with a one-line error
+# activations whose module holds learned parameters: one module per encoder/decoder layer
 LEARNED = {"prelu", "xielu"}
 
 
-def test_every_parameter_free_hf_activation_is_implemented() -> None:
-    assert set(typing.get_args(FfnActivation)) == set(FFN_ACTIVATIONS)
+def test_every_hf_activation_is_implemented() -> None:
+    assert set(LEARNED_ACTIVATIONS) == LEARNED
+    assert set(typing.get_args(FfnActivation)) == set(ACTIVATION_NAMES) == set(ACT2CLS)
     assert set(ACT2CLS) - LEARNED == set(FFN_ACTIVATIONS)
 
 
@@ -268,6 +269,66 @@ def test_every_activation_matches_hf_elementwise() -> None:
         assert (function(x) - ACT2FN[name](x)).abs().max().item() <= 1e-5, name
         layer = DeformableTransformerDecoderLayer(32, 48, 0.0, 1, 2, 2, name)
         assert pickle.loads(pickle.dumps(layer)).activation == name  # DDP spawn and torch.save pickle models
+    for name in LEARNED:
+        layer = DeformableTransformerDecoderLayer(32, 48, 0.0, 1, 2, 2, name)
+        copy = pickle.loads(pickle.dumps(layer))
+        assert copy.activation == name and isinstance(copy.activation_fn, LEARNED_ACTIVATIONS[name])
+
+
+def test_xielu_matches_hf_elementwise() -> None:
+    """Same parameters (fp32 on both sides, non-default) -> same values, on both branches and near 0."""
+    from transformers.activations import XIELUActivation
+
+    theirs = XIELUActivation(alpha_p_init=1.3, alpha_n_init=0.9, beta=0.4, dtype=torch.float32)
+    ours = XIELU(alpha_p_init=1.3, alpha_n_init=0.9, beta=0.4)
+    assert set(ours.state_dict()) == set(theirs.state_dict()) == {"alpha_p", "alpha_n", "beta", "eps"}
+    for key, value in theirs.state_dict().items():
+        assert torch.allclose(ours.state_dict()[key], value, atol=1e-6), key
+    x = torch.cat([torch.linspace(-12.0, 12.0, 4001), torch.tensor([-1e-6, -1e-7, 0.0, 1e-7])])
+    assert (ours(x) - theirs(x)).abs().max().item() <= 1e-5
+    default = XIELU()(x)
+    assert (default - XIELUActivation(dtype=torch.float32)(x)).abs().max().item() <= 1e-5
+    assert (default - ours(x)).abs().max().item() > 0.1  # the parameters matter
+
+
+def _randomise_learned_activations(hf_model) -> int:
+    """Set every prelu/xielu parameter of ``hf_model`` to its own random non-default value -> their count."""
+    generator = torch.Generator().manual_seed(3)
+    count = 0
+    with torch.no_grad():
+        for name, parameter in hf_model.named_parameters():
+            if ".activation_fn." in name:
+                values = torch.rand(parameter.shape, generator=generator) * 1.5 - 0.5
+                parameter.copy_(values.to(parameter.dtype))
+                count += 1
+    return count
+
+
+@pytest.mark.parametrize("activation", sorted(LEARNED))
+def test_learned_activation_parity(activation: str) -> None:
+    """HF's per-layer PReLU / xIELU parameters (random, different in every layer) map onto ours exactly."""
+    hf_model = _hf_model(
+        **dict(SMALL, num_feature_levels=1, num_queries=20, num_labels=4, activation_function=activation),
+        backbone="resnet18",
+    )
+    per_layer = 1 if activation == "prelu" else 2
+    assert _randomise_learned_activations(hf_model) == 4 * per_layer  # 2 encoder + 2 decoder layers
+    model = _ours(hf_model)
+    assert model.model_config.activation == activation
+    layers = [*model.transformer.encoder.layers, *model.transformer.decoder.layers]
+    hf_layers = [*hf_model.model.encoder.layers, *hf_model.model.decoder.layers]
+    for layer, hf_layer in zip(layers, hf_layers, strict=True):
+        assert isinstance(layer.activation_fn, LEARNED_ACTIVATIONS[activation])
+        assert all(p.dtype == torch.float32 for p in layer.activation_fn.state_dict().values())
+        if activation == "prelu":
+            assert torch.equal(layer.activation_fn.weight, hf_layer.mlp.activation_fn.weight)
+        # xIELU: HF computes its coefficients in bfloat16, ours reproduce them in fp32 (not just ~1e-2 close)
+        x = torch.linspace(-12.0, 12.0, 2001)
+        with torch.no_grad():
+            assert (layer.activation_fn(x) - hf_layer.mlp.activation_fn(x)).abs().max().item() <= 1e-5
+    values = [p.item() for layer in layers for p in layer.activation_fn.parameters()]
+    assert len(set(values)) == len(values)  # a mix-up between layers would show
+    _assert_parity(hf_model, model)
 
 
 @pytest.mark.parametrize("activation", ["gelu", "silu", "quick_gelu", "gelu_new"])
@@ -302,8 +363,9 @@ def test_activation_parity(activation: str) -> None:
             two_stage_num_proposals=30,
             disable_custom_kernels=False,
         ),
+        dict(encoder_ffn_dim=64, decoder_ffn_dim=96, activation_function="xielu"),
     ],
-    ids=["enc96_dec160_heads8_4_refine_nokernels", "enc160_dec48_gelu_two_stage"],
+    ids=["enc96_dec160_heads8_4_refine_nokernels", "enc160_dec48_gelu_two_stage", "enc64_dec96_xielu"],
 )
 def test_separate_encoder_and_decoder_ffn_widths(variant: dict, tmp_path) -> None:
     """HF folder -> `ddetr import_weights --source hf` -> checkpoint whose card carries both widths."""
@@ -313,6 +375,7 @@ def test_separate_encoder_and_decoder_ffn_widths(variant: dict, tmp_path) -> Non
     config = dict(SMALL, num_queries=30, num_labels=5)
     config.update(variant)
     hf_model = _hf_model(**config)
+    _randomise_learned_activations(hf_model)
     hf_model.save_pretrained(tmp_path / "hf")
     output = tmp_path / "imported.pth"
     assert main(["import_weights", "--source", "hf", str(tmp_path / "hf"), str(output)]) == 0
@@ -329,16 +392,9 @@ def test_separate_encoder_and_decoder_ffn_widths(variant: dict, tmp_path) -> Non
     _assert_parity(hf_model, model)
 
 
-@pytest.mark.parametrize("activation", sorted(LEARNED))
-def test_activation_with_learned_parameters_is_one_line_error(activation: str) -> None:
-    config = transformers.DeformableDetrConfig(
-        use_timm_backbone=True,
-        backbone="resnet50",
-        use_pretrained_backbone=False,
-        activation_function=activation,
-    )
-    with pytest.raises(CheckpointError, match=rf"activation_function='{activation}'") as info:
-        model_section_from_hf_config(config.to_dict())
+def test_unknown_activation_is_one_line_error() -> None:
+    with pytest.raises(CheckpointError, match=r"activation_function='rrelu'.*prelu, xielu") as info:
+        model_section_from_hf_config({"activation_function": "rrelu"})
     assert "\n" not in str(info.value)
 
 
