@@ -264,3 +264,47 @@ def test_inference_fast_paths_equal_the_training_path(two_stage: bool) -> None:
     assert slow.pred_logits.requires_grad
     assert torch.allclose(fast.pred_logits, slow.pred_logits, atol=1e-4)
     assert torch.allclose(fast.pred_boxes, slow.pred_boxes, atol=1e-4)
+
+
+@pytest.mark.parametrize("activation", ["prelu", "xielu"])
+def test_learned_activation_trains_and_round_trips_a_checkpoint(activation: str, tmp_path) -> None:
+    """prelu/xielu: a module with its own parameters in every layer; training moves them, checkpoints keep them."""
+    from ddetr.artefacts.card import ModelCard
+    from ddetr.artefacts.checkpoint import save_checkpoint
+    from ddetr.model.criterion import build_criterion
+
+    section = _section(activation=activation)
+    model = _model(activation=activation).train()
+    layers = [*model.transformer.encoder.layers, *model.transformer.decoder.layers]
+    keys = [k for k in model.state_dict() if ".activation_fn." in k]
+    per_layer = {"prelu": {"weight"}, "xielu": {"alpha_p", "alpha_n", "beta", "eps"}}[activation]
+    assert {k.rsplit(".", 1)[1] for k in keys} == per_layer and len(keys) == len(per_layer) * len(layers)
+    learned = [p for layer in layers for p in layer.activation_fn.parameters()]
+    before = [p.detach().clone() for p in learned]
+    criterion = build_criterion(section, NUM_CLASSES)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 64, 64)
+    targets = [
+        {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.3, 0.4]])},
+        {"labels": torch.tensor([2, 0]), "boxes": torch.tensor([[0.3, 0.6, 0.2, 0.2], [0.7, 0.3, 0.3, 0.2]])},
+    ]
+    for _ in range(3):
+        losses = criterion(model(images), targets)
+        optimizer.zero_grad()
+        criterion.weighted_total(losses).backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learned)
+        optimizer.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, learned, strict=True))
+
+    card = ModelCard(section, NUM_CLASSES, ("", "a", "b"), num_select=section.num_select)
+    path = save_checkpoint(tmp_path / "m.pth", card=card, state_dict=model.state_dict())
+    model.eval()
+    loaded = DeformableDETR.from_checkpoint(path).eval()
+    assert loaded.model_config.activation == activation
+    for key in keys:
+        assert torch.equal(loaded.state_dict()[key], model.state_dict()[key]), key
+    with torch.no_grad():
+        expected, actual = model(images), loaded(images)
+    assert torch.equal(actual.pred_logits, expected.pred_logits)
+    assert torch.equal(actual.pred_boxes, expected.pred_boxes)
