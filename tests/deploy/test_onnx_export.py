@@ -151,8 +151,18 @@ def test_existing_output_replaced_atomically(tiny_checkpoint: Path, tmp_path: Pa
         {"activation": "gelu", "position_embedding": "learned"},
         {"activation": "mish"},
         {"activation": "gelu_new", "dec_dim_feedforward": 48},
+        {"activation": "prelu"},
+        {"activation": "xielu", "two_stage": True},
     ],
-    ids=["two_stage", "single_scale_no_refine", "gelu_learned_positions", "mish", "gelu_new_dec_ffn"],
+    ids=[
+        "two_stage",
+        "single_scale_no_refine",
+        "gelu_learned_positions",
+        "mish",
+        "gelu_new_dec_ffn",
+        "prelu",
+        "xielu_two_stage",
+    ],
 )
 def test_variants_export_with_parity(changes: dict, make_checkpoint, tmp_path: Path) -> None:
     ckpt = make_checkpoint(**changes)

@@ -97,6 +97,7 @@ class XIELU(nn.Module):
     ``f(x) = a_p x^2 + beta x`` for x > 0, else ``a_n (expm1(min(x, eps)) - x) + beta x``.
     ``alpha_p`` and ``alpha_n`` (shape (1,)) are learned; ``beta`` and ``eps`` are fixed buffers. The names and
     the initial values (alpha_p 0.8, alpha_n 0.8 overall, beta 0.5, eps -1e-6) are Hugging Face's ``xielu``.
+    Traced for ONNX export, ``expm1`` (not an ONNX operator) is computed as ``exp - 1``.
     """
 
     def __init__(
@@ -115,7 +116,13 @@ class XIELU(nn.Module):
         a_n = self.beta + F.softplus(self.alpha_n)
         linear = self.beta * x
         positive = a_p * x * x + linear
-        negative = (torch.expm1(torch.minimum(x, self.eps)) - x) * a_n + linear
+        clipped = torch.minimum(x, self.eps)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # ONNX has no expm1; exp(x) - 1 differs from it by at most ~1e-7 (absolute) for x <= eps < 0
+            below = torch.exp(clipped) - 1.0
+        else:
+            below = torch.expm1(clipped)
+        negative = (below - x) * a_n + linear
         return torch.where(x > 0, positive, negative)
 
 
