@@ -86,9 +86,9 @@ def test_parent_errors_are_one_line(trained: dict, capsys: pytest.CaptureFixture
         JobError, match=f"parent job {trained['job']} .* has no ONNX file to use: it has checkpoint"
     ):
         resolve_parent(spec, "gen_trt_engine")
-    code = cli_main(
-        ["evaluate", *trained["args"], "--parent", trained["job"][:-1] + "0", "--select", "epoch=0"]
-    )
+    job = trained["job"]
+    missing = job[:-1] + ("1" if job.endswith("0") else "0")  # one character off: no such job
+    code = cli_main(["evaluate", *trained["args"], "--parent", missing, "--select", "epoch=0"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0
     assert err.startswith("error: no job ") and f"closest: {trained['job']}" in err
