@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 
 from ddetr.artefacts.card import CARD_VERSION, ModelCard, card_for_spec, card_from_parts
 from ddetr.errors import CheckpointError
@@ -43,6 +44,11 @@ def test_defaults_come_from_the_spec() -> None:
         ({"model": {}, "num_classes": 2, "mean": [1, 2]}, "needs 3 values"),
         ({"model": {}, "num_classes": 2, "input_size": [64]}, "invalid model card entry"),
         ({"model": {}, "num_classes": 2, "class_names": ["a", "b", "c"]}, "3 class names for num_classes=2"),
+        # tensors where lists belong (found by tests/test_fuzz.py): no "Boolean value of Tensor" traceback
+        ({"model": {}, "num_classes": 2, "class_names": torch.zeros(2)}, "class_names must be a list"),
+        ({"model": {}, "num_classes": 2, "class_names": "ab"}, "class_names must be a list"),
+        ({"model": {}, "num_classes": 2, "mean": torch.zeros(3)}, "invalid model card entry"),
+        ({"model": {}, "num_classes": 2, "input_size": torch.ones(2)}, "invalid model card entry"),
     ],
 )
 def test_broken_cards_are_one_line_errors(data: dict, message: str) -> None:

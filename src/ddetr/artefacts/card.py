@@ -160,8 +160,11 @@ def card_from_parts(data: Mapping[str, Any], where: str) -> ModelCard:
     num_classes = data["num_classes"]
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise CheckpointError(f"{where}: num_classes must be an integer >= 1, got {num_classes!r}")
+    raw_names = data.get("class_names")
+    if raw_names is not None and not isinstance(raw_names, (list, tuple)):
+        raise CheckpointError(f"{where}: class_names must be a list of names, got {type(raw_names).__name__}")
     try:
-        names = tuple(str(n) for n in (data.get("class_names") or ()))
+        names = tuple(str(n) for n in (raw_names or ()))
         size = data.get("input_size")
         batch = data.get("batch_size")
         quantization = data.get("quantization")
@@ -180,7 +183,7 @@ def card_from_parts(data: Mapping[str, Any], where: str) -> ModelCard:
             quantization=dict(quantization) if quantization else None,
             source=str(data.get("source") or data.get("source_checkpoint") or ""),
         )
-    except (TypeError, ValueError, IndexError) as err:
+    except (TypeError, ValueError, IndexError, RuntimeError) as err:  # RuntimeError: a tensor's truth value
         raise CheckpointError(f"{where}: invalid model card entry: {err}") from None
     if len(names) > num_classes:
         raise CheckpointError(
