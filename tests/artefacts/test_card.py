@@ -49,6 +49,7 @@ def test_defaults_come_from_the_spec() -> None:
         ({"model": {}, "num_classes": 2, "class_names": "ab"}, "class_names must be a list"),
         ({"model": {}, "num_classes": 2, "mean": torch.zeros(3)}, "invalid model card entry"),
         ({"model": {}, "num_classes": 2, "input_size": torch.ones(2)}, "invalid model card entry"),
+        ({"model": {}, "num_classes": 2, "input_size": {"card_version": None}}, "invalid model card entry"),
     ],
 )
 def test_broken_cards_are_one_line_errors(data: dict, message: str) -> None:

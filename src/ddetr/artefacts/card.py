@@ -183,7 +183,8 @@ def card_from_parts(data: Mapping[str, Any], where: str) -> ModelCard:
             quantization=dict(quantization) if quantization else None,
             source=str(data.get("source") or data.get("source_checkpoint") or ""),
         )
-    except (TypeError, ValueError, IndexError, RuntimeError) as err:  # RuntimeError: a tensor's truth value
+    # any wrong shape of value: RuntimeError is a tensor's truth value, KeyError a mapping indexed by position
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError, RuntimeError) as err:
         raise CheckpointError(f"{where}: invalid model card entry: {err}") from None
     if len(names) > num_classes:
         raise CheckpointError(
