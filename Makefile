@@ -3,18 +3,22 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CORE := $(VENV)/.installed-core
 
-.PHONY: chromium demo test test-slow bench lint format clean skill
-
-$(STAMP): pyproject.toml
+# the package and what it runs with (all `make demo` needs)
+$(CORE): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	# torch/torchvision first, pinned to the CPU-capable releases the machine provides
 	$(BIN)/python -m pip install -q "torch>=2.5,<=2.14.1" "torchvision>=0.20,<=0.29.1"
+	$(BIN)/python -m pip install -q -e .
+	touch $(CORE)
+
+# the test tools and every optional back end the tests exercise
+$(STAMP): $(CORE)
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(CORE)
 	$(BIN)/python -m ddetr.demo
 
 # the docstrings' Example blocks run too (every module of src/ddetr imports without optional back ends)

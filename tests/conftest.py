@@ -65,6 +65,23 @@ def tiny_spec_args(tiny_data: dict, tmp_path: Path) -> list[str]:
     return _tiny_overrides(tiny_data, tmp_path / "results")
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The whole demo (``python -m ddetr.demo --results-dir <folder>``), run once for every slow test that reads
+    it: its folder and what it printed."""
+    import contextlib
+    import io
+
+    from ddetr import demo
+
+    root = tmp_path_factory.mktemp("demo")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = demo.main(["--results-dir", str(root)])
+    assert code == 0, printed.getvalue()
+    return root, printed.getvalue()
+
+
 @pytest.fixture(autouse=True)
 def _restore_logging():
     """``ddetr.cli.main()`` configures the root logger; undo it so every test sees pytest's setup."""

@@ -62,15 +62,16 @@ def test_demo_reports_val_and_test_apart(tmp_path: Path, monkeypatch, capsys) ->
         "train.checkpoint_interval=1",
         "train.optim.lr_steps=[1]",
     ]
-    assert demo.main(["--results-dir", str(tmp_path), *tiny]) == 0
+    # the folder given as a spec override: the data is generated there too
+    assert demo.main([f"results_dir={tmp_path}", *tiny]) == 0
     _check_output(capsys.readouterr().out, tmp_path)
     assert list((tmp_path / "inference").rglob("*.jpg")), "inference wrote no annotated pictures"
 
 
 @pytest.mark.slow
-def test_demo_learns_the_synthetic_shapes(tmp_path: Path, capsys) -> None:
-    assert demo.main(["--results-dir", str(tmp_path)]) == 0
-    figures = _check_output(capsys.readouterr().out, tmp_path)
+def test_demo_learns_the_synthetic_shapes(demo_run: tuple[Path, str]) -> None:
+    root, printed = demo_run
+    figures = _check_output(printed, root)
     test_map50, test_map = figures["test"]
     assert test_map50 >= MIN_TEST_MAP50 and test_map >= MIN_TEST_MAP, figures
 
@@ -89,3 +90,10 @@ def test_demo_interrupted_is_one_line(tmp_path: Path, monkeypatch, capsys) -> No
     assert demo.main(["--results-dir", str(tmp_path)]) == 143
     errors = [line for line in capsys.readouterr().err.splitlines() if "INFO" not in line]
     assert errors == ["error: training interrupted by SIGTERM at step 3"]  # no traceback
+
+
+def test_results_dir_override_names_the_demo_folder() -> None:
+    assert demo.results_dir_of("demo_output", []) == "demo_output"
+    assert demo.results_dir_of("demo_output", ["train.num_epochs=2"]) == "demo_output"
+    assert demo.results_dir_of("demo_output", ["results_dir=/tmp/a", "results_dir = /tmp/b "]) == "/tmp/b"
+    assert demo.results_dir_of("x", ["results_dir="]) == "x"

@@ -81,3 +81,33 @@ def test_training_module_applies_the_spec_flag() -> None:
         DetectionModule(model, spec)
         assert model.transformer.encoder.activation_checkpoint is value
         assert model.transformer.decoder.activation_checkpoint is value
+
+
+def test_the_switch_also_decides_whether_attention_samples_are_recomputed(monkeypatch) -> None:
+    """activation_checkpoint false keeps the deformable attention's samples (the fastest step); true samples
+    them again in the backward pass. Counted by the calls of the sampling function during one step."""
+    from ddetr.model import msda
+
+    calls = [0]
+    reference = msda.multi_scale_deformable_attention
+
+    def counting(*args: object) -> torch.Tensor:
+        calls[0] += 1
+        return reference(*args)
+
+    monkeypatch.setattr(msda, "multi_scale_deformable_attention", counting)
+    torch.manual_seed(0)
+    model = DeformableDETR.from_config(SECTION, 3).train()
+    attention_modules = [m for m in model.modules() if isinstance(m, msda.MSDeformAttn)]
+    counts = {}
+    for recompute in (False, True):
+        model.transformer.set_activation_checkpoint(recompute)
+        assert {m.recompute_samples for m in attention_modules} == {recompute}
+        calls[0] = 0
+        _, grads, _, _ = _step(model, recompute)
+        assert grads
+        counts[recompute] = calls[0]
+    # 4 attention modules (2 encoder + 2 decoder layers): once each when kept; with recomputation each runs
+    # in the forward pass, again when its layer is recomputed, and once more for its samples' backward
+    assert counts[False] == len(attention_modules) == 4
+    assert counts[True] == 3 * len(attention_modules)

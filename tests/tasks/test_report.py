@@ -169,14 +169,12 @@ def test_automl_report(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_reports(tmp_path: Path) -> None:
+def test_demo_reports(demo_run: tuple[Path, str]) -> None:
     """The demo's train and evaluate reports; DDETR_REPORT_SCREENSHOT=FILE.png keeps the evaluate report's look."""
-    from ddetr import demo
-
-    assert demo.main(["--results-dir", str(tmp_path)]) == 0
-    check_report(tmp_path / "train" / "report.html", ["training", "dataset", "run", "spec"], TRAIN_CHARTS)
+    root, _ = demo_run
+    check_report(root / "train" / "report.html", ["training", "dataset", "run", "spec"], TRAIN_CHARTS)
     page = check_report(
-        tmp_path / "evaluate" / "report.html",
+        root / "evaluate" / "report.html",
         ["evaluation", "examples", "dataset", "run", "spec"],
         EVALUATE_CHARTS,
         height=1500,

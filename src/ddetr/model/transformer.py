@@ -478,9 +478,16 @@ class DeformableTransformer(nn.Module):
 
     def set_activation_checkpoint(self, enabled: bool) -> None:
         """Recompute encoder and decoder layers in the backward pass (training only) instead of keeping
-        their activations: less memory for about one more forward pass of the transformer."""
+        their activations: less memory for about one more forward pass of the transformer.
+
+        The deformable attention's (B*H, D_h, Lq, P) samples follow the same switch
+        (:attr:`MSDeformAttn.recompute_samples`): kept when ``enabled`` is False (the fastest step), sampled
+        again in the backward pass when True (the least memory)."""
         self.encoder.activation_checkpoint = bool(enabled)
         self.decoder.activation_checkpoint = bool(enabled)
+        for module in self.modules():
+            if isinstance(module, MSDeformAttn):
+                module.recompute_samples = bool(enabled)
 
     def get_proposal_pos_embed(self, proposals: Tensor) -> Tensor:
         """proposals (B, Q, 4) logits -> (B, Q, 2d) sine embedding of the sigmoid box (d/2 features per coord)."""

@@ -105,8 +105,10 @@ def open_predictor(spec: Spec, action: str) -> Predictor:
         SpecError: no model file given, or the first of ``gpu_ids`` is not a GPU of this machine. CheckpointError / UnavailableError: the file cannot be run here.
     """
     from ddetr.runtime import load_predictor
+    from ddetr.runtime.allocator import keep_freed_memory
     from ddetr.runtime.devices import run_device
 
+    keep_freed_memory()  # each batch reuses the pages the last one freed (runtime/allocator.py)
     section = getattr(spec, action)
     device = run_device(section.num_gpus, section.gpu_ids, field=f"{action}.gpu_ids")
     predictor = load_predictor(model_path(spec, action), device=device, encryption_key=spec.encryption_key)

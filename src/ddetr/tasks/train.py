@@ -127,6 +127,7 @@ def run(spec: Spec) -> TrainResult | AutomlResult:
     from ddetr.engine.module import DetectionModule, estimated_steps
     from ddetr.engine.trainer import TorchFlags, build_trainer, plan_devices
     from ddetr.model.detector import DeformableDETR
+    from ddetr.runtime.allocator import keep_freed_memory
     from ddetr.runtime.devices import explain_oom
     from ddetr.status import StatusLogger
     from ddetr.tasks.automl import maybe_route
@@ -140,6 +141,7 @@ def run(spec: Spec) -> TrainResult | AutomlResult:
     status = StatusLogger(train_dir / "status.json")
     primary = not is_secondary_rank()  # under DDP only the first process writes status.json
     torch_flags = TorchFlags.capture()  # train.cudnn changes them process-wide: put back when training ends
+    keep_freed_memory()  # each step reuses the pages the last one freed (runtime/allocator.py)
     try:
         if spec.train.seed >= 0:
             pl.seed_everything(spec.train.seed, workers=True, verbose=False)
