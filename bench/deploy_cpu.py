@@ -6,7 +6,7 @@ so that accuracy means something; it is exported (standard ops, dynamic batch) a
 ``quantize.backend=onnxruntime`` (calibrated on 32 training images). On a held-out split generated with
 another seed: batch-1 latency with 2 threads (median of ``--repeats`` runs after warm-up) and COCO mAP of each.
 
-Targets: ORT fp32 <= 0.7 x PyTorch eager; ORT INT8 <= 0.6 x ORT fp32 with an mAP drop of at most 1.0 point.
+Targets: ORT fp32 <= 0.7 x PyTorch eager; ORT INT8 <= 0.5 x ORT fp32 with an mAP drop of at most 1.0 point.
 
 Usage: ``python bench/deploy_cpu.py [--epochs N] [--repeats N] [--workdir DIR] [--strict]`` (``--strict``:
 exit 1 when a target is missed). The machine may be shared: read the load average printed with the results.
@@ -23,8 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import _rows  # bench/_rows.py (the script's folder is on sys.path)
+
 THREADS = 2
-TARGETS = {"ort_fp32_vs_eager": 0.7, "int8_vs_fp32": 0.6, "map_drop_points": 1.0}
+TARGETS = {"ort_fp32_vs_eager": 0.7, "int8_vs_fp32": 0.5, "map_drop_points": 1.0}  # INT8: issue 12
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -159,6 +161,28 @@ def main() -> int:
         "met": met,
     }
     print(json.dumps(report, indent=2))
+    _rows.record(
+        "ONNX Runtime fp32 latency, batch 1 (ms)",
+        ort32["latency_ms"],
+        eager["latency_ms"],
+        "torch eager",
+        TARGETS["ort_fp32_vs_eager"],
+    )
+    _rows.record(
+        "ONNX Runtime INT8 latency, batch 1 (ms)",
+        ort8["latency_ms"],
+        ort32["latency_ms"],
+        "ORT fp32",
+        TARGETS["int8_vs_fp32"],
+    )
+    _rows.record(
+        "INT8 mAP drop (points, absolute)",
+        ratios["map_drop_points"],
+        None,
+        "ORT fp32 mAP",
+        TARGETS["map_drop_points"],
+        ratio=ratios["map_drop_points"],
+    )
     print(
         f"held-out images: {eager['images']}, training {train_s:.0f} s, load average {os.getloadavg()[0]:.2f}"
     )
@@ -166,7 +190,7 @@ def main() -> int:
         print(f"{name:14s} {r['latency_ms']:8.2f} ms   mAP {r['mAP']:.4f}   mAP50 {r['mAP50']:.4f}")
     print(
         f"ORT fp32 / eager = {ratios['ort_fp32_vs_eager']:.2f} (target <= 0.7)   "
-        f"INT8 / fp32 = {ratios['int8_vs_fp32']:.2f} (target <= 0.6)   "
+        f"INT8 / fp32 = {ratios['int8_vs_fp32']:.2f} (target <= 0.5)   "
         f"mAP drop = {ratios['map_drop_points']:.2f} points (target <= 1.0)"
     )
     return 0 if (all(met.values()) or not args.strict) else 1
