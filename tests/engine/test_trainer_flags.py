@@ -118,3 +118,21 @@ def test_unknown_monitor_is_one_line_at_spec_load() -> None:
     with pytest.raises(SpecError, match=r"train\.optim\.monitor_name") as info:
         load_spec(None, ["train.optim.monitor_name=test_mAP"])
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.usefixtures("torch_flags")
+def test_lightning_messages_are_printed_once(tmp_path: Path) -> None:
+    """With ddetr's log handler on the root logger, a Lightning message reaches one handler: the root's (the top
+    package 'lightning' adds its own stderr handler at import, which printed every message a second time)."""
+    import logging
+
+    from ddetr.cli import setup_logging
+
+    setup_logging()
+    _trainer(tmp_path)
+    logger: logging.Logger | None = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    handlers = []
+    while logger is not None:  # the handlers a record meets on its way up (logging.Logger.callHandlers)
+        handlers += logger.handlers
+        logger = logger.parent if logger.propagate else None
+    assert handlers == logging.getLogger().handlers

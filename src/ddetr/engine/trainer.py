@@ -189,10 +189,10 @@ def build_trainer(
         UnavailableError: ``wandb.enable`` is true and the wandb package is missing.
     """
     train = spec.train
-    if (
-        logging.getLogger().handlers
-    ):  # our entry point set up logging: Lightning's own handler would repeat it
-        for name in ("lightning.pytorch", "lightning.fabric"):
+    if logging.getLogger().handlers:
+        # our entry point set up logging: Lightning's own handlers would print each message a second time
+        # (the top package 'lightning' adds one whether or not the root logger has handlers)
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             lightning_log = logging.getLogger(name)
             for handler in list(lightning_log.handlers):
                 lightning_log.removeHandler(handler)
