@@ -159,6 +159,24 @@ def test_build_model_from_checkpoint_uses_the_checkpoint_architecture(tmp_path, 
     )
 
 
+def test_timm_backbone_trained_with_live_batch_norm_loads_for_evaluation(tmp_path):
+    """model.freeze_backbone_bn=false with a timm backbone: training's batch norms keep num_batches_tracked,
+    the evaluation model's frozen ones have no such counter; the checkpoint loads and gives training's
+    eval-mode outputs (this stopped the demo's evaluate with a timm backbone)."""
+    section = tiny_section(backbone="timm:resnet10t", freeze_backbone_bn=False)
+    torch.manual_seed(0)
+    trained = DeformableDETR.from_config(section, NUM_CLASSES).train()
+    trained(torch.rand(2, 3, 64, 64))  # one training forward: the running statistics move
+    state = trained.state_dict()
+    assert any(key.endswith("num_batches_tracked") for key in state)
+    path = save_checkpoint(tmp_path / "m.pth", card=card(section), state_dict=state)
+    model, _ = build_model_from_checkpoint(path)
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = trained.eval()(images), model(images)
+    assert torch.allclose(expected.pred_boxes, got.pred_boxes, atol=1e-5)
+
+
 def test_weights_of_another_architecture_name_the_mismatch(tmp_path, tiny_model):
     path = save_checkpoint(
         tmp_path / "m.pth",

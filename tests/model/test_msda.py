@@ -171,6 +171,17 @@ def test_gather_equals_reference_on_a_realistic_size_in_float64() -> None:
     assert torch.allclose(actual, expected, atol=1e-12)
 
 
+@pytest.mark.parametrize("int32_rows", [2**31, 0])
+def test_gather_row_numbers_in_int32_or_int64_agree(monkeypatch, int32_rows: int) -> None:
+    """Row numbers are int32 unless the table has 2**31 rows or more (forced here with a lower limit)."""
+    from ddetr.model import msda
+
+    monkeypatch.setattr(msda, "INT32_ROWS", int32_rows)
+    value, locations, weights = _inputs(8)
+    actual = multi_scale_deformable_attention_gather(value, SHAPES, locations, weights)
+    assert torch.allclose(actual, multi_scale_deformable_attention(value, SHAPES, locations, weights), atol=1e-5)
+
+
 def test_gather_survives_non_finite_locations() -> None:
     value, locations, weights = _inputs(7)
     locations[0, 0, 0, 0, 0, 0] = float("nan")

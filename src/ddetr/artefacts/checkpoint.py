@@ -358,8 +358,18 @@ def load_into_model(model: torch.nn.Module, state_dict: Mapping[str, torch.Tenso
         model: the module to fill.
         state_dict: tensors keyed as ``model.state_dict()``.
         source: what the weights come from, for the error message (usually a path).
+
+    A batch norm's ``num_batches_tracked`` counter that ``model`` has no place for is left out: a backbone
+    trained with live batch norm (``model.freeze_backbone_bn: false``) runs with frozen ones, and the counter
+    only matters to training.
     """
-    problems = describe_mismatch(*state_dict_mismatch(model.state_dict(), state_dict))
+    wanted = model.state_dict()
+    state_dict = {
+        key: value
+        for key, value in state_dict.items()
+        if key in wanted or not key.endswith(".num_batches_tracked")
+    }
+    problems = describe_mismatch(*state_dict_mismatch(wanted, state_dict))
     if problems:
         raise CheckpointError(f"{source}: weights do not fit the architecture: {problems}")
     model.load_state_dict(state_dict, strict=True)

@@ -26,6 +26,9 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 SpatialShapes = Tensor | Sequence[tuple[int, int]]
 
+#: the gather path numbers its table rows in int32 below this many rows, else in int64
+INT32_ROWS = 2**31
+
 
 def _shape_list(spatial_shapes: SpatialShapes) -> list[tuple[int, int]]:
     if isinstance(spatial_shapes, Tensor):
@@ -139,13 +142,15 @@ def multi_scale_deformable_attention_gather(
     py = py.clamp(min=-1.0).minimum(size_y)
     x0, y0 = px.floor(), py.floor()
     fx, fy = px - x0, py - y0
-    token = torch.addcmul(x0 + per_level(first_rows), y0, per_level([float(w) for w in widths])).long()
-    batch_head = torch.arange(batch, device=device).view(batch, 1, 1, 1, 1) * (
+    # row numbers in int32 when the table allows (half the bytes of int64 to write and gather from)
+    index = torch.int32 if batch * padded_tokens * heads < INT32_ROWS else torch.int64
+    token = torch.addcmul(x0 + per_level(first_rows), y0, per_level([float(w) for w in widths])).to(index)
+    batch_head = torch.arange(batch, device=device, dtype=index).view(batch, 1, 1, 1, 1) * (
         padded_tokens * heads
-    ) + torch.arange(heads, device=device).view(1, 1, heads, 1, 1)  # (B, 1, H, 1, 1)
+    ) + torch.arange(heads, device=device, dtype=index).view(1, 1, heads, 1, 1)  # (B, 1, H, 1, 1)
     rows = token * heads + batch_head  # (B, Lq, H, L, P): row of the top-left corner in (B*S_pad*H, D_h)
     corners = torch.tensor(
-        [[0, heads, width * heads, (width + 1) * heads] for width in widths], device=device
+        [[0, heads, width * heads, (width + 1) * heads] for width in widths], device=device, dtype=index
     ).view(levels, 1, 4)
     rows = rows[..., None] + corners  # (B, Lq, H, L, P, 4)
     top = attention_weights * (1 - fy)
