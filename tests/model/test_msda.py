@@ -179,7 +179,9 @@ def test_gather_row_numbers_in_int32_or_int64_agree(monkeypatch, int32_rows: int
     monkeypatch.setattr(msda, "INT32_ROWS", int32_rows)
     value, locations, weights = _inputs(8)
     actual = multi_scale_deformable_attention_gather(value, SHAPES, locations, weights)
-    assert torch.allclose(actual, multi_scale_deformable_attention(value, SHAPES, locations, weights), atol=1e-5)
+    assert torch.allclose(
+        actual, multi_scale_deformable_attention(value, SHAPES, locations, weights), atol=1e-5
+    )
 
 
 def test_gather_survives_non_finite_locations() -> None:
