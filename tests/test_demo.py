@@ -90,10 +90,3 @@ def test_demo_interrupted_is_one_line(tmp_path: Path, monkeypatch, capsys) -> No
     assert demo.main(["--results-dir", str(tmp_path)]) == 143
     errors = [line for line in capsys.readouterr().err.splitlines() if "INFO" not in line]
     assert errors == ["error: training interrupted by SIGTERM at step 3"]  # no traceback
-
-
-def test_results_dir_override_names_the_demo_folder() -> None:
-    assert demo.results_dir_of("demo_output", []) == "demo_output"
-    assert demo.results_dir_of("demo_output", ["train.num_epochs=2"]) == "demo_output"
-    assert demo.results_dir_of("demo_output", ["results_dir=/tmp/a", "results_dir = /tmp/b "]) == "/tmp/b"
-    assert demo.results_dir_of("x", ["results_dir="]) == "x"

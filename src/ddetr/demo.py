@@ -27,17 +27,6 @@ def demo_spec_path() -> Path:
     return REPO_SPEC if REPO_SPEC.is_file() else PACKAGED_SPEC
 
 
-def results_dir_of(default: str, overrides: list[str]) -> str:
-    """The demo's folder: the last ``results_dir=`` override when there is one (the data is generated there
-    too), else ``--results-dir``."""
-    folder = default
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        if sep and key.strip() == "results_dir" and value.strip():
-            folder = value.strip()
-    return folder
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the whole demo; returns a process exit code."""
     parser = argparse.ArgumentParser(prog="python -m ddetr.demo", description=__doc__)
@@ -52,13 +41,15 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     start = time.monotonic()
-    out = Path(results_dir_of(args.results_dir, args.overrides)).resolve()
-    data_dir = out / "data"
     try:
+        # a results_dir= override wins over --results-dir (later overrides win): the data goes where the spec says
+        spec = ddetr.load_spec(
+            demo_spec_path(), overrides=[f"results_dir={Path(args.results_dir).resolve()}", *args.overrides]
+        )
+        out = Path(spec.results_dir).resolve()
+        data_dir = out / "data"
         generate_synthetic_dataset(data_dir, num_train=NUM_TRAIN, num_val=NUM_VAL, num_test=NUM_TEST, seed=0)
         logger.info("Synthetic dataset ready in %s", data_dir)
-        overrides = [o for o in args.overrides if o.partition("=")[0].strip() != "results_dir"]
-        spec = ddetr.load_spec(demo_spec_path(), overrides=[f"results_dir={out}", *overrides])
         trained = ddetr.train(spec)
         checkpoint = trained.latest
         metrics = ddetr.evaluate(spec, evaluate__checkpoint=checkpoint)

@@ -16,6 +16,8 @@ from torch's default CPU generator: ``torch.manual_seed`` reproduces a run, and 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,9 +28,7 @@ LEVELS = 1 << 15
 
 def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> Tensor:
     """A bool tensor of ``shape``, True (dropped) with probability ``round(p * 32768) / 32768`` per element."""
-    count = 1
-    for size in shape:
-        count *= int(size)
+    count = math.prod(shape)
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_()  # [0, 2**63)
     numbers = words.view(torch.int16)[:count].bitwise_and(LEVELS - 1)  # uniform in [0, 32768)
     return numbers.lt(round(p * LEVELS)).view(shape)
