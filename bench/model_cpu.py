@@ -177,8 +177,8 @@ def cpu_has_bf16_matrix_units() -> bool:
     return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
 
 
-def report(ddetr: dict, hf: dict) -> list[str]:
-    """Record each measured row (bench/_rows.py) and return the table."""
+def report(ddetr: dict, hf: dict) -> list[dict]:
+    """Record each row (bench/_rows.py) and return them."""
     rows = [(f"inference fp32 {s}x{s}, 1 image (s)", f"infer_{s}", "infer") for s in INFER_SIZES]
     rows.append(
         (f"train step fp32, batch {TRAIN_BATCH} {TRAIN_SIZE}x{TRAIN_SIZE} (s)", "train_step", "train")
@@ -194,7 +194,7 @@ def report(ddetr: dict, hf: dict) -> list[str]:
         if not cpu_has_bf16_matrix_units()
         else "not measured: the converted bf16 inference path is not built yet"
     )
-    if "infer" in {kind for _, key, kind in rows if key in ddetr}:
+    if f"infer_{INFER_SIZES[-1]}" in ddetr:
         recorded.append(
             _rows.record("inference bf16 800x800 vs HF fp32", None, None, "HF fp32", 0.15, note=reason)
         )
@@ -202,7 +202,7 @@ def report(ddetr: dict, hf: dict) -> list[str]:
         recorded.append(
             _rows.record("train step bf16 autocast vs HF fp32", None, None, "HF fp32", 0.4, note=reason)
         )
-    return _rows.table(recorded)
+    return recorded
 
 
 def main() -> int:
@@ -250,10 +250,10 @@ def main() -> int:
         f"{THREADS} threads, median of up to {args.repeats} runs ({args.budget:.0f} s budget each) after 1 warm-up, "
         f"best of {max(1, args.rounds)} alternating round(s)"
     )
-    lines = report(results["ddetr"], results["hf"])
-    print("\n".join(lines))
+    rows = report(results["ddetr"], results["hf"])
+    print("\n".join(_rows.table(rows)))
     print(f"model_cpu: {time.perf_counter() - start:.0f} s")
-    return 1 if args.strict and any(line.endswith("FAIL") or "FAIL  (" in line for line in lines) else 0
+    return 1 if args.strict and not all(row["ok"] for row in rows) else 0
 
 
 if __name__ == "__main__":
