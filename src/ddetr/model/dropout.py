@@ -1,10 +1,11 @@
-"""Dropout whose CPU mask costs a fifth of torch's: 15-bit random integers instead of one double per element.
+"""Dropout at about half torch's CPU cost: a mask of 15-bit random integers instead of one double per element.
 
 On the CPU, ``torch.nn.functional.dropout`` draws its mask with ``bernoulli_``, one random double per element
-from a sequential generator: 125 ms for the (2, 5440, 1024) feed-forward activations of a ResNet-50 encoder
-layer at 512 px on 2 threads, 14% of a whole training step. :class:`Dropout` draws 64-bit random words
+from a sequential generator: 128 ms for the (2, 5440, 1024) feed-forward activations of a ResNet-50 encoder
+layer at 512 px on 2 threads (``bench/cpu_step.py``), about 14% of a whole training step. :class:`Dropout` draws 64-bit random words
 (four 15-bit numbers each, the top bit of every 16 is dropped, so all four are uniform), compares them with
-``round(p * 32768)`` and zeroes with ``masked_fill``: about 50 ms for the same tensor, and the mask kept for
+``round(p * 32768)`` and zeroes with ``masked_fill``: 66 ms for the same tensor (forward and backward: 97
+against 159 ms), and the mask kept for
 the backward pass is one byte per element instead of four.
 
 The drop probability is ``p`` rounded to a multiple of 1/32768 (0.1 -> 0.100006) and the kept values are

@@ -2,10 +2,10 @@
 
 A Deformable DETR step allocates and frees tensors of a few MB each many times. glibc serves such blocks with
 fresh ``mmap`` pages, or returns the freed top of its heap to the kernel, so the next step touches new pages
-again: about 17,000 page faults per training step of the demo's model (each a zeroed 4 KiB page) and about
-15% of its time on this project's 2-core test machine. :func:`keep_freed_memory` raises glibc's thresholds
-(``mallopt``): blocks up to 32 MB come from the heap and freed memory stays there for the next step (about 270
-page faults per step). The process's peak memory is unchanged; it is simply not handed back between steps.
+again: about 11,000 page faults per training step of the demo's model (each a zeroed 4 KiB page) on this
+project's 2-core test machine (``bench/cpu_step.py``). :func:`keep_freed_memory` raises glibc's thresholds
+(``mallopt``): blocks up to 32 MB come from the heap and freed memory stays there for the next step (about 540
+page faults per step, and the step takes 0.82 of the time). The process's peak memory is unchanged; it is simply not handed back between steps.
 
 This is process-wide, as PyTorch's advice to use jemalloc or tcmalloc is; ``DDETR_KEEP_FREED_MEMORY=0``
 turns it off. Other C libraries (musl, macOS, Windows) are left alone.
