@@ -90,3 +90,10 @@ def test_demo_interrupted_is_one_line(tmp_path: Path, monkeypatch, capsys) -> No
     assert demo.main(["--results-dir", str(tmp_path)]) == 143
     errors = [line for line in capsys.readouterr().err.splitlines() if "INFO" not in line]
     assert errors == ["error: training interrupted by SIGTERM at step 3"]  # no traceback
+
+
+def test_bad_override_is_one_line_before_any_data(tmp_path: Path, capsys) -> None:
+    assert demo.main(["--results-dir", str(tmp_path / "out"), "train.num_epochs=many"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "INFO" not in line]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "num_epochs" in errors[0], errors
+    assert not (tmp_path / "out").exists()  # the spec is checked before the dataset is generated
